@@ -1,0 +1,3 @@
+"""Placeholder: being written."""
+DenseNet = None
+densenet121 = None

@@ -1,0 +1,2 @@
+"""Placeholder: being written."""
+inception_small = None

@@ -1,0 +1,4 @@
+"""Placeholder: being written."""
+PretrainedModel = None
+available_pretrained = None
+pretrained = None

@@ -1,0 +1,3 @@
+"""Placeholder: being written."""
+ZOO = None
+get_model = None

@@ -1,0 +1,68 @@
+"""Shared fixtures. zennit imports torchvision at import time; torchvision cannot be imported
+here, so tests that compare with zennit install a minimal stand-in first."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+import torch
+from torch import nn
+
+
+def install_torchvision_standin() -> None:
+    """Put a stand-in ``torchvision`` with only what zennit touches into ``sys.modules``."""
+    if "torchvision" in sys.modules and getattr(sys.modules["torchvision"], "_sglrp_standin", False):
+        return
+    tv = types.ModuleType("torchvision")
+    tv._sglrp_standin = True
+    models = types.ModuleType("torchvision.models")
+    resnet = types.ModuleType("torchvision.models.resnet")
+
+    from sglrp.models.resnet import BasicBlock, Bottleneck
+
+    resnet.BasicBlock = BasicBlock
+    resnet.Bottleneck = Bottleneck
+    models.resnet = resnet
+    tv.models = models
+    sys.modules.update(
+        {"torchvision": tv, "torchvision.models": models, "torchvision.models.resnet": resnet}
+    )
+
+
+@pytest.fixture
+def zennit():
+    install_torchvision_standin()
+    import zennit as zennit_module
+
+    return zennit_module
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def model_state(model: nn.Module) -> dict:
+    """Everything a call must leave unchanged, for equality checks."""
+    return {
+        "params": {k: v.detach().clone() for k, v in model.named_parameters()},
+        "buffers": {k: v.detach().clone() for k, v in model.named_buffers()},
+        "training": [m.training for m in model.modules()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "hooks": [
+            (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+            for m in model.modules()
+        ],
+        "forward": [("forward" in vars(m)) for m in model.modules()],
+    }
+
+
+def assert_same_state(before: dict, after: dict) -> None:
+    for key in ("training", "requires_grad", "hooks", "forward"):
+        assert before[key] == after[key], key
+    for group in ("params", "buffers"):
+        assert before[group].keys() == after[group].keys()
+        for name, value in before[group].items():
+            assert torch.equal(value, after[group][name]), f"{group} {name} changed"
