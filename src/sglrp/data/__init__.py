@@ -1,0 +1,32 @@
+"""Generated shape images with exact ground truth, and Pascal VOC style export / import."""
+
+from .shapes import (
+    CLASSES,
+    MEAN,
+    SPLITS,
+    STD,
+    ObjectAnnotation,
+    Sample,
+    ShapesDataset,
+    dataset_stats,
+    generate,
+    to_images,
+    to_tensor,
+)
+from .voc import export_voc, load_voc
+
+__all__ = [
+    "CLASSES",
+    "MEAN",
+    "SPLITS",
+    "STD",
+    "ObjectAnnotation",
+    "Sample",
+    "ShapesDataset",
+    "dataset_stats",
+    "export_voc",
+    "generate",
+    "load_voc",
+    "to_images",
+    "to_tensor",
+]
