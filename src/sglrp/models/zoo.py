@@ -1,3 +1,230 @@
-"""Placeholder: being written."""
-ZOO = None
-get_model = None
+"""Name -> factory registry and :func:`get_model`, which builds a model and loads a checkpoint.
+
+Loading is strict and checked first: a checkpoint that does not fit raises ``ValueError`` naming
+the missing / unexpected keys or differing shapes and, when another zoo entry (or another
+``num_classes``) would fit, saying which.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import small as _small
+from .densenet import DenseNet, densenet121, remap_legacy_keys
+from .inception import inception_small
+from .resnet import resnet18, resnet50
+from .vgg import vgg11, vgg16, vgg16_bn
+
+__all__ = ["ZOO", "get_model", "load_state_dict_file"]
+
+ZOO: dict[str, Callable[..., nn.Module]] = {
+    "vgg11": vgg11,
+    "vgg16": vgg16,
+    "vgg16_bn": vgg16_bn,
+    "resnet18": resnet18,
+    "resnet50": resnet50,
+    "densenet121": densenet121,
+    "inception_small": inception_small,
+}
+# Small models for the synthetic "shapes" data set live in .small; skip them while unwritten.
+for _name in ("shapes_vgg", "shapes_resnet"):
+    _factory = getattr(_small, _name, None)
+    if callable(_factory):
+        ZOO[_name] = _factory
+
+_SHOW = 5  # how many offending keys a fit error lists
+
+
+def get_model(
+    name: str, num_classes: int = 1000, weights: str | os.PathLike[str] | None = None
+) -> nn.Module:
+    """Build a zoo model, optionally load a ``state_dict`` file, and return it in eval mode.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`ZOO`, e.g. ``"resnet18"``.
+    num_classes : int
+        Number of output logits.
+    weights : str or path-like, optional
+        A file written by ``torch.save(model.state_dict(), path)``, or a dict holding the
+        ``state_dict`` under ``"state_dict"`` or ``"model"``. torchvision checkpoints of the
+        same architecture load as they are.
+
+    Returns
+    -------
+    nn.Module
+        The model, in eval mode, on the CPU.
+
+    Raises
+    ------
+    ValueError
+        Unknown ``name``, bad ``num_classes``, unreadable file, or weights that do not fit.
+    FileNotFoundError
+        ``weights`` does not exist.
+    """
+    if not isinstance(name, str) or name not in ZOO:
+        raise ValueError(f"unknown model {name!r}; available models: {', '.join(sorted(ZOO))}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    state_dict = None if weights is None else load_state_dict_file(weights)
+    model = ZOO[name](num_classes=num_classes)
+    if state_dict is not None:
+        _load_checked(model, state_dict, name, num_classes, Path(weights))
+    return model.eval()
+
+
+def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read a ``state_dict`` from ``path`` safely (``weights_only=True``, onto the CPU).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The checkpoint file; a dict with a ``"state_dict"`` or ``"model"`` entry is unwrapped
+        and a ``"module."`` prefix on every key (from ``DataParallel``) is removed.
+
+    Returns
+    -------
+    dict of str to Tensor
+        The state_dict.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    ValueError
+        ``path`` is not a readable checkpoint or holds no state_dict.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"weights must be a file path (str or PathLike), got {type(path).__name__}")
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.is_dir():
+        raise ValueError(f"weights path {path} is a directory; pass the checkpoint file itself")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(
+            f"could not read weights file {path}: {first}. If it holds a whole pickled model, "
+            "re-save it with torch.save(model.state_dict(), path)"
+        ) from exc
+    except Exception as exc:  # corrupt archives raise RuntimeError, EOFError, OSError, ...
+        raise ValueError(
+            f"could not read weights file {path} (corrupt or not a torch.save file): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+    for key in ("state_dict", "model"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not obj:
+        kind = "an empty dict" if isinstance(obj, Mapping) else f"a {type(obj).__name__}"
+        raise ValueError(
+            f"weights file {path} holds {kind}, not a state_dict; save one with "
+            "torch.save(model.state_dict(), path)"
+        )
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(
+            f"weights file {path} is not a state_dict: entries {_first(bad)} are not "
+            "name -> tensor pairs"
+        )
+    state_dict = dict(obj)
+    if all(k.startswith("module.") for k in state_dict):
+        state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def _first(items: list, n: int = _SHOW) -> str:
+    shown = ", ".join(repr(i) for i in items[:n])
+    return shown + (f", ... ({len(items)} in all)" if len(items) > n else "")
+
+
+def _head_name(model: nn.Module) -> str | None:
+    """Name of the last ``nn.Linear`` (the classifier head), if any."""
+    head = None
+    for module_name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            head = module_name
+    return head
+
+
+def _load_checked(
+    model: nn.Module,
+    state_dict: dict[str, torch.Tensor],
+    name: str,
+    num_classes: int,
+    path: Path,
+) -> None:
+    """Load ``state_dict`` strictly, raising an explanatory ``ValueError`` if it does not fit."""
+    if isinstance(model, DenseNet):
+        state_dict = remap_legacy_keys(state_dict)
+    expected = model.state_dict()
+    if not any(k.endswith(".num_batches_tracked") for k in state_dict):
+        # saved before PyTorch 0.4 (e.g. torchvision's DenseNet download): BatchNorm step
+        # counters are absent; fill them in as PyTorch itself does for such files.
+        state_dict = dict(state_dict)
+        for key, value in expected.items():
+            if key.endswith(".num_batches_tracked"):
+                state_dict[key] = torch.zeros_like(value)
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    shapes = [
+        f"{k!r}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in state_dict.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    if missing or unexpected or shapes:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} missing keys ({_first(missing)})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected keys ({_first(unexpected)})")
+        if shapes:
+            problems.append(f"{len(shapes)} shape mismatches ({'; '.join(shapes[:_SHOW])})")
+        raise ValueError(
+            f"weights file {path} does not fit {name!r} with num_classes={num_classes}: "
+            + ", ".join(problems)
+            + ". "
+            + _suggest(state_dict, num_classes)
+        )
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:  # pragma: no cover - the checks above should catch everything
+        raise ValueError(f"weights file {path} does not fit {name!r}: {exc}") from exc
+
+
+def _suggest(state_dict: Mapping[str, torch.Tensor], num_classes: int) -> str:
+    """Say which zoo architecture and ``num_classes`` the file fits, if any."""
+    file_shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
+    fits = []
+    for cand_name, factory in ZOO.items():
+        try:
+            with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+                cand = factory(num_classes=num_classes)
+        except Exception:  # an unfinished or unusual factory must not hide the real error
+            continue
+        cand_sd = cand.state_dict()
+        if cand_sd.keys() != file_shapes.keys():
+            continue
+        differ = {k for k, v in cand_sd.items() if tuple(v.shape) != file_shapes[k]}
+        head = _head_name(cand)
+        if head is None or not differ <= {f"{head}.weight", f"{head}.bias"}:
+            continue
+        n = file_shapes[f"{head}.weight"][0] if f"{head}.weight" in file_shapes else num_classes
+        fits.append(f"get_model({cand_name!r}, num_classes={n})")
+    if fits:
+        return f"The file fits {' or '.join(fits)}."
+    return (
+        f"It matches no zoo architecture ({', '.join(sorted(ZOO))}); check which model the "
+        "file was saved from."
+    )
