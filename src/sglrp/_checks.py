@@ -32,9 +32,7 @@ def check_input(x: object) -> torch.Tensor:
         )
     if x.ndim != 4:
         hint = "; add a batch dimension with x.unsqueeze(0)" if x.ndim == 3 else ""
-        raise ValueError(
-            f"x must have 4 dimensions (N, C, H, W), got shape {tuple(x.shape)}{hint}"
-        )
+        raise ValueError(f"x must have 4 dimensions (N, C, H, W), got shape {tuple(x.shape)}{hint}")
     if not x.is_floating_point():
         raise TypeError(
             f"x must be a floating-point tensor, got dtype {x.dtype}; "

@@ -1,0 +1,136 @@
+"""Named rule presets (composites) and conversion of user rule maps."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .rules import (
+    AlphaBeta,
+    Epsilon,
+    Flat,
+    Gamma,
+    Rule,
+    RuleKey,
+    RuleMap,
+    ZBox,
+    ZPlus,
+)
+
+Bounds = tuple[Tensor | float, Tensor | float]
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _dtd(bounds: Bounds, epsilon: float) -> RuleMap:
+    return RuleMap([(CONV_TYPES + (nn.Linear,), ZPlus(bias=False))], first=ZBox(*bounds))
+
+
+def _lrp0(bounds: Bounds, epsilon: float) -> RuleMap:
+    return RuleMap([(CONV_TYPES + (nn.Linear,), Epsilon(0.0))])
+
+
+def _epsilon(bounds: Bounds, epsilon: float) -> RuleMap:
+    return RuleMap([(CONV_TYPES + (nn.Linear,), Epsilon(epsilon))])
+
+
+def _epsilon_plus(bounds: Bounds, epsilon: float) -> RuleMap:
+    return RuleMap([(CONV_TYPES, ZPlus(bias=True)), (nn.Linear, Epsilon(epsilon))])
+
+
+def _epsilon_plus_flat(bounds: Bounds, epsilon: float) -> RuleMap:
+    return RuleMap([(CONV_TYPES, ZPlus(bias=True)), (nn.Linear, Epsilon(epsilon))], first=Flat())
+
+
+def _epsilon_gamma_box(bounds: Bounds, epsilon: float) -> RuleMap:
+    return RuleMap([(CONV_TYPES, Gamma(0.25)), (nn.Linear, Epsilon(epsilon))], first=ZBox(*bounds))
+
+
+def _epsilon_alpha2beta1(bounds: Bounds, epsilon: float) -> RuleMap:
+    return RuleMap([(CONV_TYPES, AlphaBeta(2.0, 1.0)), (nn.Linear, Epsilon(epsilon))])
+
+
+#: Preset name -> (builder(bounds, epsilon), description). ``epsilon`` defaults to 1e-6 in
+#: the composite presets (as zennit) and 0.25 in ``"epsilon"``.
+PRESETS: dict[str, tuple[Callable[[Bounds, float], RuleMap], str]] = {
+    "dtd": (_dtd, "z+ without bias on every conv/linear layer, Z^B at the first (the paper)"),
+    "lrp0": (_lrp0, "LRP-0 everywhere (equals input x gradient for zero biases)"),
+    "epsilon": (_epsilon, "LRP-epsilon (epsilon=0.25) everywhere"),
+    "epsilon-plus": (_epsilon_plus, "z+ (with bias) on conv, epsilon on linear layers"),
+    "epsilon-plus-flat": (_epsilon_plus_flat, "as epsilon-plus, flat at the first layer"),
+    "epsilon-gamma-box": (
+        _epsilon_gamma_box,
+        "gamma (0.25) on conv, epsilon on linear, Z^B at the first layer",
+    ),
+    "epsilon-alpha2beta1": (_epsilon_alpha2beta1, "alpha2-beta1 on conv, epsilon on linear"),
+}
+_BOUNDED = {"dtd", "epsilon-gamma-box"}
+
+
+def bounds_from_normalization(
+    mean: Sequence[float] | Tensor,
+    std: Sequence[float] | Tensor,
+    low: float = 0.0,
+    high: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """Per-channel Z^B bounds for inputs normalised as ``(x - mean) / std`` from ``[low, high]``.
+
+    For ImageNet statistics this gives low = (-2.118, -2.036, -1.804) and
+    high = (2.249, 2.429, 2.640); the CLRP authors' code uses the global pair (-2.1179, 2.64).
+    """
+    mean_t = torch.as_tensor(mean, dtype=torch.float64)
+    std_t = torch.as_tensor(std, dtype=torch.float64)
+    if mean_t.shape != std_t.shape or mean_t.ndim != 1:
+        raise ValueError("mean and std must be 1-D sequences of equal length (one per channel)")
+    if (std_t <= 0).any():
+        raise ValueError("std must be positive")
+    return ((low - mean_t) / std_t).float(), ((high - mean_t) / std_t).float()
+
+
+def default_bounds(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Bounds used when none are given: each image's own per-channel minimum and maximum.
+
+    Per image, so an explanation does not depend on the other images in the batch.
+    """
+    flat = x.detach().flatten(2)
+    return flat.amin(dim=2), flat.amax(dim=2)
+
+
+def resolve_rules(
+    rules: str | RuleMap | Mapping[RuleKey, Rule] | Sequence[tuple[RuleKey, Rule]],
+    x: Tensor,
+    bounds: Bounds | None = None,
+    epsilon: float | None = None,
+) -> RuleMap:
+    """Turn a preset name, a mapping or a list of ``(key, rule)`` pairs into a :class:`RuleMap`.
+
+    ``bounds=None`` uses :func:`default_bounds` for presets with Z^B.
+    """
+    if isinstance(rules, RuleMap):
+        return rules
+    if isinstance(rules, str):
+        key = rules.lower().replace("_", "-")
+        if key not in PRESETS:
+            raise ValueError(
+                f"unknown rules preset {rules!r}; available: {', '.join(PRESETS)} "
+                "(or pass a list of (module type or name, rule) pairs)"
+            )
+        if bounds is None and key in _BOUNDED:
+            bounds = default_bounds(x)
+        builder, _ = PRESETS[key]
+        eps = epsilon if epsilon is not None else (0.25 if key == "epsilon" else 1e-6)
+        return builder(bounds if bounds is not None else (0.0, 0.0), eps)
+    if isinstance(rules, Mapping):
+        return RuleMap(list(rules.items()))
+    if isinstance(rules, Sequence):
+        entries = list(rules)
+        for entry in entries:
+            if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[1], Rule)):
+                raise TypeError(
+                    "a rule map is a list of (module type or name, rule) pairs, e.g. "
+                    "[(torch.nn.Conv2d, ZPlus()), ('classifier.6', Epsilon())]; got "
+                    f"{entry!r}"
+                )
+        return RuleMap(entries)
+    raise TypeError(f"rules must be a preset name, a RuleMap or a list of pairs, got {rules!r}")

@@ -1,0 +1,168 @@
+"""The linear map of a layer: forward with modified parameters and its input gradient.
+
+A :class:`LinearOp` wraps ``nn.Linear`` or ``nn.ConvNd``, optionally merged with the
+``BatchNorm`` that directly follows it (:math:`w' = w\\,\\gamma/\\sigma`,
+:math:`b' = (b - \\mu)\\,\\gamma/\\sigma + \\beta`), so that a rule sees one affine layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+LINEAR_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+#: Linear layers with more weights than this are processed in row chunks, so a modified copy
+#: of a large weight matrix (VGG16's first classifier layer has 103 M) never exists at once.
+CHUNK_ELEMENTS = 1 << 22
+
+_CONV_FORWARD = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_INPUT_GRAD = {
+    1: torch.nn.grad.conv1d_input,
+    2: torch.nn.grad.conv2d_input,
+    3: torch.nn.grad.conv3d_input,
+}
+
+
+def _conv_padding(module: nn.Module, name: str) -> tuple[int, ...]:
+    """Explicit integer padding of a conv layer; raise for what the rules cannot handle."""
+    if module.padding_mode != "zeros":
+        raise ValueError(
+            f"layer '{name}' ({type(module).__name__}) uses padding_mode="
+            f"'{module.padding_mode}', which the LRP rules do not support; assign it the "
+            "Gradient() rule or use zero padding"
+        )
+    padding = module.padding
+    if padding == "valid":
+        return (0,) * len(module.kernel_size)
+    if padding == "same":
+        pads = []
+        for k, d in zip(module.kernel_size, module.dilation, strict=True):
+            total = d * (k - 1)
+            if total % 2:
+                raise ValueError(
+                    f"layer '{name}' uses padding='same' with an even kernel, which pads "
+                    "asymmetrically; the LRP rules support symmetric padding only"
+                )
+            pads.append(total // 2)
+        return tuple(pads)
+    return tuple(padding)
+
+
+@dataclass
+class LinearOp:
+    """An affine map ``x -> x W^T + b`` (dense or convolution) with parameter modifiers."""
+
+    weight: Tensor
+    bias: Tensor | None
+    ndim: int = 0  # 0 for dense layers, else the convolution's spatial dimensions
+    stride: tuple[int, ...] = ()
+    padding: tuple[int, ...] = ()
+    dilation: tuple[int, ...] = ()
+    groups: int = 1
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def of(cls, module: nn.Module, name: str, batchnorm: nn.Module | None = None) -> LinearOp:
+        """The op of ``module``, merged with ``batchnorm`` (eval statistics) if given."""
+        weight = module.weight.detach()
+        bias = module.bias.detach() if module.bias is not None else None
+        if batchnorm is not None:
+            scale = (batchnorm.running_var.detach() + batchnorm.eps).rsqrt()
+            if batchnorm.weight is not None:
+                scale = scale * batchnorm.weight.detach()
+            shift = -batchnorm.running_mean.detach() * scale
+            if batchnorm.bias is not None:
+                shift = shift + batchnorm.bias.detach()
+            weight = weight * scale.view(-1, *([1] * (weight.ndim - 1)))
+            bias = shift if bias is None else bias * scale + shift
+        if isinstance(module, nn.Linear):
+            return cls(weight, bias)
+        return cls(
+            weight,
+            bias,
+            ndim=weight.ndim - 2,
+            stride=tuple(module.stride),
+            padding=_conv_padding(module, name),
+            dilation=tuple(module.dilation),
+            groups=module.groups,
+        )
+
+    # -- parameters -------------------------------------------------------------------------
+
+    def _chunks(self) -> list[slice]:
+        rows = self.weight.shape[0]
+        if self.ndim or self.weight.numel() <= CHUNK_ELEMENTS:
+            return [slice(0, rows)]
+        step = max(1, CHUNK_ELEMENTS // self.weight[0].numel())
+        return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
+
+    def param(self, modifier: Callable[[Tensor], Tensor], rows: slice | None = None) -> Tensor:
+        """``modifier(weight[rows])``; small results are cached for the op's lifetime."""
+        weight = self.weight if rows is None else self.weight[rows]
+        if modifier.__name__ == "keep":
+            return weight
+        if weight.numel() > CHUNK_ELEMENTS:
+            return modifier(weight)
+        key = (modifier, None if rows is None else (rows.start, rows.stop))
+        if key not in self._cache:
+            self._cache[key] = modifier(weight)
+        return self._cache[key]
+
+    # -- maps -------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        x: Tensor,
+        weight_mod: Callable[[Tensor], Tensor],
+        bias_mod: Callable[[Tensor], Tensor] | None,
+    ) -> Tensor:
+        """The layer applied to ``x`` with modified weight and bias (``None``: no bias)."""
+        bias = bias_mod(self.bias) if (bias_mod is not None and self.bias is not None) else None
+        if self.ndim:
+            return _CONV_FORWARD[self.ndim](
+                x,
+                self.param(weight_mod),
+                bias,
+                self.stride,
+                self.padding,
+                self.dilation,
+                self.groups,
+            )
+        chunks = self._chunks()
+        if len(chunks) == 1:
+            return F.linear(x, self.param(weight_mod), bias)
+        out = x.new_empty(*x.shape[:-1], self.weight.shape[0])
+        for rows in chunks:
+            out[..., rows] = F.linear(
+                x, self.param(weight_mod, rows), None if bias is None else bias[rows]
+            )
+        return out
+
+    def input_grad(
+        self, grad: Tensor, weight_mod: Callable[[Tensor], Tensor], input_shape: torch.Size
+    ) -> Tensor:
+        """:math:`W_{mod}^T g`: the gradient of the modified layer with respect to its input."""
+        if self.ndim:
+            return _CONV_INPUT_GRAD[self.ndim](
+                input_shape,
+                self.param(weight_mod),
+                grad,
+                self.stride,
+                self.padding,
+                self.dilation,
+                self.groups,
+            )
+        chunks = self._chunks()
+        if len(chunks) == 1:
+            return grad.matmul(self.param(weight_mod))
+        out = None
+        for rows in chunks:
+            part = grad[..., rows].matmul(self.param(weight_mod, rows))
+            out = part if out is None else out.add_(part)
+        return out
