@@ -1,0 +1,154 @@
+"""Figures for neurons: per-neuron heatmaps next to their DeconvNet reconstructions."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor
+
+__all__ = ["neuron_grid", "path_figure"]
+
+
+def neuron_grid(
+    image: Any,
+    titles: Sequence[str],
+    heatmaps: Sequence[Tensor],
+    reconstructions: Sequence[Tensor | None] | None = None,
+    *,
+    path: str | os.PathLike | None = None,
+    title: str | None = None,
+    cell: float = 1.45,
+    dpi: float = 150,
+    overlay_alpha: float = 0.65,
+):
+    """Grid with one column per neuron: its input heatmap and its DeconvNet reconstruction.
+
+    Parameters
+    ----------
+    image
+        The input image for display, (H, W, 3) / (3, H, W) in [0, 1] or uint8.
+    titles
+        One caption per neuron column.
+    heatmaps
+        Per neuron (C, H, W) input relevance (restricted to that neuron); each is shown as
+        its signed map (red +, blue -, own scale) over the grey image.
+    reconstructions
+        Per neuron (3, H, W) DeconvNet reconstruction or None (a second row when any is given;
+        grey = 0).
+    path
+        If given, the PNG is written there atomically.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from ..viz import _save_figure, overlay, signed_map, to_image
+    from .deconv import deconvnet_display
+
+    if len(titles) != len(heatmaps):
+        raise ValueError(f"got {len(titles)} titles for {len(heatmaps)} heatmaps")
+    recon = list(reconstructions) if reconstructions is not None else []
+    if recon and len(recon) != len(heatmaps):
+        raise ValueError(f"got {len(recon)} reconstructions for {len(heatmaps)} heatmaps")
+    has_recon = any(r is not None for r in recon)
+    rows = 2 if has_recon else 1
+    cols = len(heatmaps) + 1
+    header = 0.5 if title else 0.15
+    fig = Figure(figsize=(cols * cell + 0.3, rows * (cell + 0.32) + header), dpi=dpi)
+    FigureCanvasAgg(fig)
+    W, H = fig.get_size_inches()
+    rgb = to_image(image)
+
+    def axes(row: int, col: int):
+        left = 0.15 + col * cell
+        top = header + row * (cell + 0.32) + 0.3
+        return fig.add_axes(
+            ((left + 0.03) / W, 1 - (top + cell - 0.06) / H, (cell - 0.06) / W, (cell - 0.06) / H)
+        )
+
+    def caption(row: int, col: int, text: str, size: float = 6.5) -> None:
+        fig.text(
+            (0.15 + (col + 0.5) * cell) / W,
+            1 - (header + row * (cell + 0.32) + 0.16) / H,
+            text,
+            ha="center",
+            va="center",
+            fontsize=size,
+        )
+
+    ax = axes(0, 0)
+    ax.imshow(rgb, interpolation="nearest")
+    ax.set_axis_off()
+    caption(0, 0, "input")
+    if has_recon:
+        ax = axes(1, 0)
+        ax.imshow(rgb, interpolation="nearest")
+        ax.set_axis_off()
+        caption(1, 0, "input")
+    for j, (name, heat) in enumerate(zip(titles, heatmaps, strict=True), start=1):
+        ax = axes(0, j)
+        m = signed_map(heat)
+        ax.imshow(overlay(rgb, m, alpha=overlay_alpha, signed=True), interpolation="nearest")
+        ax.set_axis_off()
+        caption(0, j, f"{name}\nheatmap")
+        if has_recon:
+            ax = axes(1, j)
+            r = recon[j - 1]
+            if r is None:
+                ax.set_facecolor("0.9")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.text(
+                    0.5,
+                    0.5,
+                    "no\nreconstruction",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    transform=ax.transAxes,
+                )
+            else:
+                ax.imshow(deconvnet_display(r), interpolation="nearest")
+                ax.set_axis_off()
+            caption(1, j, f"{name}\nDeconvNet")
+    if title:
+        fig.text(0.5, 1 - 0.22 / H, title, ha="center", va="center", fontsize=9)
+    if path is not None:
+        _save_figure(fig, path, dpi)
+    return fig
+
+
+def path_figure(
+    paths: Any,
+    image: Any,
+    reconstructions: dict[str, Tensor | None] | None = None,
+    *,
+    path: str | os.PathLike | None = None,
+    title: str | None = None,
+    dpi: float = 150,
+):
+    """The heaviest path of a :class:`~sglrp.neurons.CriticalPaths`, neuron by neuron.
+
+    One column per neuron on the path (input side first) with the input heatmap flowing
+    through it, and its DeconvNet reconstruction when given (node name -> (3, H, W)).
+    """
+    nodes = [n for n in reversed(paths.path) if n not in ("input", "output")]
+    titles = list(nodes)
+    heatmaps = [paths.neuron_maps[n] for n in nodes]
+    recon = [None if reconstructions is None else reconstructions.get(n) for n in nodes]
+    if title is None:
+        title = "heaviest path, input side first: heatmap through each neuron and its DeconvNet"
+    return neuron_grid(
+        image,
+        titles,
+        heatmaps,
+        recon if reconstructions is not None else None,
+        path=path,
+        title=title,
+        dpi=dpi,
+    )
