@@ -94,11 +94,20 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--num-classes", type=int, metavar="N", help="number of model outputs")
     p.add_argument(
-        "--size", type=int, metavar="S", help="resize the shorter side to S (default 256)"
+        "--size",
+        type=int,
+        metavar="S",
+        help="resize the shorter side to S (default 256; shapes models 64)",
     )
-    p.add_argument("--crop", type=int, metavar="C", help="centre crop C x C (default 224)")
-    p.add_argument("--mean", metavar="R,G,B", help="normalisation mean (default ImageNet)")
-    p.add_argument("--std", metavar="R,G,B", help="normalisation std (default ImageNet)")
+    p.add_argument(
+        "--crop", type=int, metavar="C", help="centre crop C x C (default 224; shapes models 64)"
+    )
+    p.add_argument(
+        "--mean", metavar="R,G,B", help="normalisation mean (default ImageNet or the model's own)"
+    )
+    p.add_argument(
+        "--std", metavar="R,G,B", help="normalisation std (default ImageNet or the model's own)"
+    )
     p.add_argument("--layer", metavar="NAME", help="layer for gradcam/guided_gradcam/relevance_cam")
     p.add_argument(
         "--display",
