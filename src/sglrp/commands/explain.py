@@ -684,7 +684,7 @@ def explain_image(s: Settings, path: Path, out_dir: Path) -> dict[str, Any]:
     signed = s.display == "signed"
     comparison_grid(
         x,
-        {m: r for m, r in maps.items()},
+        maps,
         row_titles=[f"{path.name}: predicted {p_name} ({p_prob:.2f})"],
         column_titles=[f"target: {t_name} ({t_prob:.2f})", *s.methods],
         signed=signed,
@@ -776,7 +776,7 @@ def run(args: argparse.Namespace) -> int:
             tqdm.write(f"sglrp explain: error: {message}", file=sys.stderr)
             continue
         t = summary["target"]
-        print(f"{path}: {t['name']} ({t['probability']:.3f}) -> {out_dir}")
+        tqdm.write(f"{path}: {t['name']} ({t['probability']:.3f}) -> {out_dir}", file=sys.stdout)
     done = len(images) - failed
     print(f"explained {done} of {len(images)} images into {settings.out}")
     return 1 if failed else 0
