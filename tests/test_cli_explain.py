@@ -409,6 +409,33 @@ def test_shipped_model_uses_its_own_preprocessing_and_classes(files, tmp_path, c
     assert {e["name"] for e in s["top5"]} <= set(CLASSES)
 
 
+def test_shipped_model_files_are_read_without_the_loader(files, tmp_path, capsys, monkeypatch):
+    """Until sglrp.models.pretrained exists, the weights folder is read directly."""
+    from sglrp import models
+    from sglrp.commands import explain as command
+
+    torch.manual_seed(0)
+    model = get_model("shapes_vgg", num_classes=3)
+    half = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    torch.save(half, tmp_path / "shapes_vgg.pt")
+    meta = {"architecture": "shapes_vgg", "classes": ["a", "b", "c"], "mean": [0.4] * 3,
+            "std": [0.2] * 3, "input_size": [3, 48, 48], "model_kwargs": {}}  # fmt: skip
+    (tmp_path / "shapes_vgg.json").write_text(json.dumps(meta))
+    monkeypatch.setattr(command, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(models, "pretrained", None)
+    out = tmp_path / "out"
+    code, _, err = run(capsys, files["rgb"], "--model", "shapes_vgg", "--method", "sglrp",
+                       "--target", "b", "--out", out)  # fmt: skip
+    assert code == 0, err
+    s = summary(out, "rgb")
+    assert s["input_shape"] == [1, 3, 48, 48]
+    assert s["options"]["mean"] == pytest.approx([0.4] * 3)
+    assert s["target"]["index"] == 1 and s["model"]["kind"] == "shipped"
+    (tmp_path / "shapes_vgg.pt").unlink()
+    code, _, err = run(capsys, files["rgb"], "--model", "shapes_vgg", "--out", out)
+    assert code != 0 and len(err.splitlines()) == 1 and "not installed" in err
+
+
 # ------------------------------------------------------------------ imageio
 
 

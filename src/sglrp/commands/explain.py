@@ -44,6 +44,8 @@ DEFAULT_METHODS: tuple[str, ...] = ("sglrp", "clrp", "lrp", "guided_gradcam", "r
 SCRIPT_SAFE_METHODS: tuple[str, ...] = ("gradient", "input_x_gradient", "random")
 #: Shipped pretrained models (weights in ``sglrp/weights``).
 SHIPPED: tuple[str, ...] = ("shapes_vgg", "shapes_resnet")
+#: Where the shipped weights (``<name>.pt``) and metadata (``<name>.json``) live.
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 _TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".jit", ".torchscript", ".ptl")
 _TOP = 5
 
@@ -282,8 +284,7 @@ def _read_shipped_files(name: str) -> tuple[nn.Module, dict[str, Any]]:
     from sglrp.models import ZOO
     from sglrp.models.zoo import load_state_dict_file
 
-    folder = Path(__file__).resolve().parent.parent / "weights"
-    pt, js = folder / f"{name}.pt", folder / f"{name}.json"
+    pt, js = WEIGHTS_DIR / f"{name}.pt", WEIGHTS_DIR / f"{name}.json"
     if not pt.is_file() or not js.is_file():
         raise FileNotFoundError(
             f"the shipped weights of {name} are not installed ({pt} missing); use --weights FILE"
