@@ -63,13 +63,13 @@ def feature_chain(
         )
     index = int(child)
     module = parent[index]
-    if not isinstance(module, nn.Conv2d | nn.MaxPool2d | nn.BatchNorm2d | _RELU):
+    if not isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.BatchNorm2d, *_RELU)):
         raise ValueError(
             f"layer {layer!r} is a {type(module).__name__}; reconstruct a Conv2d, its ReLU, a "
             "BatchNorm2d or a MaxPool2d layer"
         )
     if rectified and isinstance(module, nn.Conv2d | nn.BatchNorm2d):
-        while index + 1 < len(parent) and isinstance(parent[index + 1], nn.BatchNorm2d | _RELU):
+        while index + 1 < len(parent) and isinstance(parent[index + 1], (nn.BatchNorm2d, *_RELU)):
             index += 1
     return parent, index
 
@@ -192,7 +192,7 @@ def deconvnet(
                 )
                 records.append((idx, h.shape))
                 h = out
-            elif isinstance(module, nn.Conv2d | _AVG):
+            elif isinstance(module, (nn.Conv2d, *_AVG)):
                 records.append(h.shape)
                 h = module(h)
             elif isinstance(module, nn.BatchNorm2d):
@@ -203,7 +203,7 @@ def deconvnet(
                     scale = scale * module.weight
                 records.append(scale)
                 h = module(h)
-            elif isinstance(module, _RELU | _PASS):
+            elif isinstance(module, _RELU + _PASS):
                 records.append(None)
                 h = F.relu(h) if isinstance(module, nn.ReLU) else module(h)
             else:

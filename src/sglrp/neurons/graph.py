@@ -270,13 +270,17 @@ def path_relevance(
 ) -> Tensor:
     """Input relevance (N, C, H, W) flowing only through the neurons of ``path``.
 
-    ``path`` lists (layer, index) pairs or node names; at each of its layers only that one
-    neuron passes relevance (other layers are unrestricted).
+    ``path`` lists (layer, index) pairs or node names (``"output"`` and ``"input"`` are
+    skipped, so :attr:`CriticalPaths.path` works as it is); at each of its layers only that
+    one neuron passes relevance (other layers are unrestricted).
     """
     from .relevance import restricted_relevance
 
-    neurons = [parse_node(p) if isinstance(p, str) else p for p in path]
-    neurons = [(layer, int(i)) for layer, i in neurons if layer not in ("input", "output")]
+    neurons = [
+        parse_node(p) if isinstance(p, str) else (str(p[0]), int(p[1]))
+        for p in path
+        if not (isinstance(p, str) and p in ("input", "output"))
+    ]
     probe = neuron_relevance(model, x, target, method, rules, bounds, epsilon=epsilon)
     selection = {}
     for layer, index in neurons:
