@@ -381,7 +381,7 @@ def test_paths_command_end_to_end(tmp_path, capsys):
         "--weights",
         str(weights),
         "--layer",
-        "features.12",
+        "features.7",
         "--k",
         "auto",
         "--tolerance",
@@ -401,13 +401,12 @@ def test_paths_command_end_to_end(tmp_path, capsys):
         "heatmaps.png",
         "neurons.png",
         "path.png",
-        "errors_mse.png",
-        "errors_smape.png",
+        "errors.png",
         "summary.json",
     ):
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["layer"] == "features.12"
+    assert summary["layer"] == "features.7"
     assert summary["k_auto"]["chosen"] == summary["k"]
     assert summary["errors_at_k"]["heatmap_smape"] <= 150
     assert len(summary["selected"]) == summary["k"]

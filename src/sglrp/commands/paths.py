@@ -10,8 +10,8 @@ Writes into ``DIR``:
   selected neuron of ``--layer``; ``maps/*.png``: each of them on its own;
 * ``neurons.png``: the selected neurons of ``--layer``, each with its heatmap and DeconvNet
   reconstruction (VGG-style models); ``path.png``: the same along the heaviest path;
-* ``errors_mse.png``, ``errors_smape.png``: MSE and SMAPE of the restricted heatmap and of
-  the ablated output against the full ones, over k at ``--layer``;
+* ``errors.png``: MSE and SMAPE of the restricted heatmap and of the ablated output against
+  the full ones, over k at ``--layer``;
 * ``summary.json``: target, selections, errors, chosen k, path, files (written last).
 
 IMAGE is an image file (resized to the model's input size) or ``builtin:N``, the N-th
@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     from sglrp.commands.explain import load_model, resolve_target
     from sglrp.imageio import IMAGENET_MEAN, IMAGENET_STD
     from sglrp.presets import PRESETS
-    from sglrp.viz import comparison_grid, plot_curves, save_map_png
+    from sglrp.viz import comparison_grid, save_map_png
 
     from ..neurons import (
         METRICS,
@@ -185,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
         deconvnet,
         default_ks,
         draw_graph,
+        error_curves,
         neuron_flows,
         neuron_grid,
         neuron_layers,
@@ -230,6 +231,10 @@ def run(args: argparse.Namespace) -> int:
         logits = model(x)
     classes = loaded.classes
     num_classes = int(logits.shape[1])
+    if classes is None and args.model.startswith("shapes_"):
+        from sglrp.data import CLASSES
+
+        classes = list(CLASSES)
     if classes is not None and len(classes) != num_classes:
         classes = None
     target = resolve_target(args.target, classes, num_classes)
@@ -265,21 +270,15 @@ def run(args: argparse.Namespace) -> int:
         k = min(k_arg, width)
         if k_arg > width:
             notes.append(f"--k {k_arg} exceeds the {width} neurons of {layer}; using {width}")
-    for metric, label in (("mse", "MSE"), ("smape", "SMAPE (%)")):
-        name = f"errors_{metric}.png"
-        plot_curves(
-            curve.ks,
-            {
-                "restricted heatmap vs full": getattr(curve, f"heatmap_{metric}"),
-                "ablated output vs full": getattr(curve, f"output_{metric}"),
-            },
-            xlabel=f"neurons kept at {layer} (top k by relevance)",
-            ylabel=label,
-            title=f"{label} of top-k selections",
-            path=out / name,
-            best="min",
-        )
-        files[f"errors_{metric}"] = name
+    error_curves(
+        curve,
+        path=out / "errors.png",
+        k=k,
+        metric=args.metric if k_arg is None else None,
+        tolerance=args.tolerance if k_arg is None else None,
+        title=f"errors of the top-k neurons of {layer} for '{names[t]}' (dashed: k = {k})",
+    )
+    files["errors"] = "errors.png"
 
     # -- the critical-path graph over all hidden layers
     cp = critical_paths(
@@ -414,7 +413,8 @@ def run(args: argparse.Namespace) -> int:
         "notes": notes,
     }
     write_json(out / "summary.json", summary)
-    print(f"sglrp paths: wrote {len(files) + len(map_files) + 2} files to {out}")
+    count = len(files) - 1 + len(map_files) + 1  # "maps" is a group; + summary.json
+    print(f"sglrp paths: wrote {count} files to {out} (summary: {out / 'summary.json'})")
     return 0
 
 

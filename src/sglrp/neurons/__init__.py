@@ -14,7 +14,7 @@
 """
 
 from .deconv import deconvnet, deconvnet_display, feature_chain
-from .figures import neuron_grid, path_figure
+from .figures import error_curves, neuron_grid, path_figure
 from .graph import (
     CriticalPaths,
     critical_paths,
@@ -62,6 +62,7 @@ __all__ = [
     "deconvnet_display",
     "default_ks",
     "draw_graph",
+    "error_curves",
     "feature_chain",
     "graph_to_json",
     "heaviest_path",

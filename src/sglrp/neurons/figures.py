@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import Tensor
 
-__all__ = ["neuron_grid", "path_figure"]
+__all__ = ["error_curves", "neuron_grid", "path_figure"]
 
 
 def neuron_grid(
@@ -152,3 +152,75 @@ def path_figure(
         title=title,
         dpi=dpi,
     )
+
+
+def error_curves(
+    curve: Any,
+    *,
+    path: str | os.PathLike | None = None,
+    k: int | None = None,
+    metric: str | None = None,
+    tolerance: float | None = None,
+    title: str | None = None,
+    dpi: float = 150,
+):
+    """MSE and SMAPE over k of a :class:`~sglrp.neurons.SelectionCurve`, in a 2 x 2 grid.
+
+    Rows: restricted heatmap vs full heatmap, ablated output vs full output; columns: MSE,
+    SMAPE. ``k`` draws a vertical line at the k used; ``metric`` and ``tolerance`` draw the
+    tolerance of an automatic choice in that metric's panel.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import ScalarFormatter
+
+    from ..viz import _save_figure
+
+    fig = Figure(figsize=(8.0, 5.6), dpi=dpi)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 2)
+    panels = (
+        ("heatmap_mse", "restricted heatmap vs full", "MSE (maps / max|full|)"),
+        ("heatmap_smape", "restricted heatmap vs full", "SMAPE (%)"),
+        ("output_mse", "ablated output vs full", "MSE (logits)"),
+        ("output_smape", "ablated output vs full", "SMAPE (%)"),
+    )
+    ks = list(curve.ks)
+    for ax, (name, what, ylabel) in zip(axes.flat, panels, strict=True):
+        values = getattr(curve, name)
+        ax.plot(
+            ks,
+            values,
+            marker="o",
+            ms=3,
+            lw=1.5,
+            color="tab:blue" if "heat" in name else "tab:orange",
+        )
+        per_image = curve.per_image.get(name)
+        if per_image is not None and per_image.shape[1] > 1:
+            ax.fill_between(ks, per_image.min(axis=1), per_image.max(axis=1), alpha=0.2, lw=0)
+        if k is not None:
+            ax.axvline(k, color="0.3", ls="--", lw=1)
+        if tolerance is not None and name == metric:
+            ax.axhline(tolerance, color="tab:red", ls=":", lw=1.2, label=f"tolerance {tolerance:g}")
+            ax.legend(fontsize=7, frameon=False)
+        if "smape" in name:
+            ax.set_ylim(-5, 205)
+        else:
+            ax.set_ylim(bottom=0)
+        if len(ks) > 1 and ks[-1] / ks[0] > 20:
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.set_title(what, fontsize=9)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.set_xlabel(f"k (top neurons kept at {', '.join(curve.layers)})", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, alpha=0.3, lw=0.6)
+        ax.spines[["top", "right"]].set_visible(False)
+    if title is None:
+        title = "errors of top-k neuron selections" + (f" (dashed: k = {k})" if k else "")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        _save_figure(fig, path, dpi)
+    return fig

@@ -281,21 +281,19 @@ def path_relevance(
         for p in path
         if not (isinstance(p, str) and p in ("input", "output"))
     ]
-    probe = neuron_relevance(model, x, target, method, rules, bounds, epsilon=epsilon)
+    info = {layer.name: layer for layer in _order_run(model, x)[0]}
     selection = {}
     for layer, index in neurons:
-        if layer not in probe.relevance:
+        if layer not in info or info[layer].is_output:
             raise ValueError(f"layer {layer!r} is not a hidden conv/linear layer")
         if layer in selection:
             raise ValueError(f"the path visits layer {layer!r} twice; give one neuron per layer")
-        width = probe.relevance[layer].shape[1]
+        width = info[layer].size
         if not 0 <= index < width:
             raise ValueError(f"neuron {index} is out of range for layer {layer!r} ({width})")
         selection[layer] = torch.zeros(width, dtype=torch.bool)
         selection[layer][index] = True
-    return restricted_relevance(
-        model, x, selection, probe.targets, method, rules, bounds, epsilon=epsilon
-    )
+    return restricted_relevance(model, x, selection, target, method, rules, bounds, epsilon)
 
 
 def critical_paths(
