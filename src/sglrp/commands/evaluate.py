@@ -57,7 +57,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, help="output folder (reused to resume)")
     p.add_argument(
-        "--n", type=int, default=None, help="images per built-in split, or first N of a folder"
+        "--n",
+        "--num-images",
+        dest="n",
+        type=int,
+        default=None,
+        help="images per built-in split, or the first N of a folder (default: 48 per split / "
+        "all); under torchrun spell it --num-images (torchrun mistakes --n for its own options)",
     )
     p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
     p.add_argument("--steps", type=int, default=16, help="deletion/insertion steps (default 16)")

@@ -62,6 +62,7 @@ __all__ = [
     "Measure",
     "ModelBundle",
     "compute_batch",
+    "explain_relevance",
     "load_model",
     "open_data",
     "read_records",
@@ -570,20 +571,20 @@ def _clean(values: Tensor) -> list:
     return out
 
 
-def _maps(
-    bundle: ModelBundle,
-    x: Tensor,
-    targets: Tensor,
-    method: str,
-    seed: int,
+def explain_relevance(
+    bundle: ModelBundle, x: Tensor, targets: Tensor, method: str, seed: int = 0
 ) -> Tensor:
-    """(U, H, W) display maps (positive relevance summed over channels) of one method."""
-    from ..api import explain, heatmap
+    """Relevance of one method as the runner computes it, (U, C, H, W) or (U, 1, H, W).
+
+    LRP methods use the Z^B bounds of the model's normalisation; ``random`` uses ``seed``;
+    every other method its defaults. Maps smaller than the input are upsampled bilinearly.
+    """
+    from ..api import explain
     from ..presets import bounds_from_normalization
 
     if method in _LRP:
-        bounds = bounds_from_normalization(bundle.mean, bundle.std)
-        bounds = tuple(b.to(x.device) if isinstance(b, Tensor) else b for b in bounds)
+        low, high = bounds_from_normalization(bundle.mean, bundle.std)
+        bounds = (low.to(x.device), high.to(x.device))
         r = explain(bundle.model, x, targets, method=method, bounds=bounds)
     elif method == "random":
         r = explain(bundle.model, x, targets, method=method, seed=seed)
@@ -592,7 +593,14 @@ def _maps(
     r = r.detach()
     if r.shape[-2:] != x.shape[-2:]:
         r = torch.nn.functional.interpolate(r, size=x.shape[-2:], mode="bilinear")
-    return heatmap(r, normalize=False)
+    return r
+
+
+def _maps(bundle: ModelBundle, x: Tensor, targets: Tensor, method: str, seed: int) -> Tensor:
+    """(U, H, W) display maps (positive relevance summed over channels) of one method."""
+    from ..api import heatmap
+
+    return heatmap(explain_relevance(bundle, x, targets, method, seed), normalize=False)
 
 
 def batch_seed(seed: int, batch_index: int) -> int:
@@ -751,20 +759,31 @@ def read_records(out: Path) -> dict[int, dict[str, Any]]:
     return records
 
 
-def _check_run(out: Path, identity: dict[str, Any]) -> None:
+def _check_run(out: Path, identity: dict[str, Any], restart: bool) -> bool:
+    """True when ``out`` holds results of other settings (an error unless ``restart``)."""
     path = out / "run.json"
     if not path.is_file():
-        return
+        return False
     try:
         previous = json.loads(path.read_text(encoding="utf-8")).get("settings")
     except (json.JSONDecodeError, AttributeError):
-        return
+        return True
     if previous is not None and previous != identity:
+        if restart:
+            return True
         diff = [k for k in identity if previous.get(k) != identity[k]]
         raise ValueError(
             f"{out} holds results of a run with different settings ({', '.join(diff)}); "
             "pass a new --out folder or delete the old one to start afresh"
         )
+    return False
+
+
+def clear_state(out: Path) -> None:
+    """Remove a previous run's state (``run.json``, ``results.jsonl``, ``parts/``)."""
+    for path in (out / "run.json", out / "results.jsonl", *(out / "parts").glob("*.jsonl")):
+        if path.is_file():
+            path.unlink()
 
 
 def _rewrite_valid(path: Path) -> None:
@@ -879,6 +898,26 @@ def _class_mean(scores: Sequence[float | None], targets: Sequence[int], k: int) 
     return sum(per) / len(per) if per else None
 
 
+def model_accuracy(records: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
+    """How often the top-1 class is one of the image's classes, for one- and multi-class images.
+
+    Returns ``{"single": {"images", "top1"}, "multi": {...}}`` (``top1`` None without images).
+    """
+    counts = {"single": [0, 0], "multi": [0, 0]}
+    for rec in records.values():
+        units = rec["units"]["gt"]
+        present: dict[str, set[int]] = {}
+        top: dict[str, int] = {}
+        for img, t, p in zip(units["image"], units["target"], units["predicted"], strict=True):
+            present.setdefault(img, set()).add(int(t))
+            top[img] = int(p)
+        for img, classes in present.items():
+            c = counts["single" if len(classes) == 1 else "multi"]
+            c[0] += 1
+            c[1] += int(top[img] in classes)
+    return {k: {"images": n, "top1": (hit / n if n else None)} for k, (n, hit) in counts.items()}
+
+
 def _fmt(v: float | None) -> str:
     return "" if v is None else repr(float(v))
 
@@ -919,9 +958,9 @@ PLOTS: dict[str, tuple[str, str, str]] = {
 }
 
 PLOT_TITLES: dict[str, str] = {
-    "extended_pointing_game": "Extended pointing game (cf. SGLRP paper Fig. 13)",
-    "patch_masking": "Maximal patch masking, ground-truth target (cf. Fig. 11)",
-    "patch_masking_second": "Maximal patch masking, 2nd most probable target (cf. Fig. 11)",
+    "extended_pointing_game": "Extended pointing game (cf. Fig. 13)",
+    "patch_masking": "Patch masking, ground truth (cf. Fig. 11)",
+    "patch_masking_second": "Patch masking, 2nd target (cf. Fig. 11)",
     "deletion": "Deletion curve",
     "insertion": "Insertion curve",
 }
@@ -1001,10 +1040,10 @@ def write_outputs(
         "metrics": summary,
         "timing": {"seconds": round(seconds, 2)},
     }
-    first = next(iter(records.values()), None)
-    if first is not None:
+    if records:
         h = bundle.size
         data["protocol"]["pointing_game_tolerance_px"] = round(15.0 * h / 224.0, 3)
+    data["model_accuracy"] = model_accuracy(records)
     write_json(out / "metrics.json", data)
     write_csv(out / "metrics.csv", summary)
     write_plots(out, summary)
@@ -1020,10 +1059,13 @@ def run(
     *,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    restart_on_change: bool = False,
 ) -> dict[str, Any] | None:
     """Evaluate, resuming from ``out`` when it holds finished batches of the same settings.
 
     Under ``torchrun`` each rank computes its share of the batches and rank 0 merges.
+    Results of different settings in ``out`` are an error, or are discarded with
+    ``restart_on_change``.
 
     Returns
     -------
@@ -1043,10 +1085,14 @@ def run(
         source = open_data(cfg.data, cfg.n, cfg.seed, bundle)
         plan = batches(len(source), cfg.batch_size)
         identity = cfg.identity()
-        _check_run(out, identity)
+        changed = _check_run(out, identity, restart_on_change)
         distributed.barrier(info)
         if info.is_root:
+            if changed:
+                say(f"{out} holds results of other settings; starting afresh")
+                clear_state(out)
             write_json(out / "run.json", {"settings": identity})
+        distributed.barrier(info)
         known = read_records(out)
         for b, rec in known.items():
             expected = [source.ids[i] for i in plan[b]] if b < len(plan) else None

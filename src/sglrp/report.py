@@ -1,0 +1,477 @@
+"""The HTML report of ``sglrp reproduce``: one self-contained ``index.html``.
+
+Every image is embedded as a base64 ``data:`` URI, so the page opens from disk with no
+network and can be mailed as a single file. The page holds the comparison grids, the curve
+plots, one table per measure with the best method marked (by the measure's direction), and a
+plain-language summary written from the numbers in ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .evaluate.runner import (
+    METHOD_LABELS,
+    PLOTS,
+    DataSource,
+    ModelBundle,
+    explain_relevance,
+)
+from .io import write_text
+
+__all__ = [
+    "comparison_rows",
+    "render_html",
+    "summary_paragraphs",
+    "winners_table",
+    "write_grid",
+    "write_report",
+]
+
+
+def label(method: str) -> str:
+    """Display name of a method."""
+    return METHOD_LABELS.get(method, method)
+
+
+# ----------------------------------------------------------------------------- grids
+
+
+def comparison_rows(
+    bundle: ModelBundle, source: DataSource, indices: Sequence[int]
+) -> tuple[torch.Tensor, list[int], list[int], list[str]]:
+    """One row per (image, present class): the inputs, image positions, targets and titles.
+
+    Titles name the image, the target class with its probability, every class present and
+    the model's top-1 class with its probability.
+    """
+    from .data import to_tensor
+
+    samples = [source.load(i) for i in indices]
+    x = to_tensor([s.image for s in samples], bundle.mean, bundle.std)
+    with torch.no_grad():
+        probs = bundle.model(x).double().softmax(dim=1)
+    rows, targets, titles = [], [], []
+    names = bundle.classes
+    for i, s in enumerate(samples):
+        present = list(dict.fromkeys(s.labels))
+        top = int(probs[i].argmax())
+        for c in present:
+            rows.append(i)
+            targets.append(int(c))
+            others = ", ".join(names[k] for k in present if k != c)
+            titles.append(
+                f"{source.ids[indices[i]]}: target {names[c]} (p={float(probs[i, c]):.2f})"
+                f" | also present: {others or '-'}"
+                f" | top-1: {names[top]} ({float(probs[i, top]):.2f})"
+            )
+    return x[rows], rows, targets, titles
+
+
+def write_grid(
+    bundle: ModelBundle,
+    source: DataSource,
+    indices: Sequence[int],
+    methods: Sequence[str],
+    path: str | Path,
+    seed: int = 0,
+) -> Path:
+    """Comparison grid PNG: rows = image x present class, columns = methods (positive maps)."""
+    from .viz import comparison_grid
+
+    x, _, targets, titles = comparison_rows(bundle, source, indices)
+    t = torch.tensor(targets, dtype=torch.long)
+    maps = {label(m): explain_relevance(bundle, x, t, m, seed) for m in methods}
+    fig = comparison_grid(
+        x,
+        maps,
+        row_titles=titles,
+        signed=False,
+        mean=bundle.mean,
+        std=bundle.std,
+        path=path,
+        cell_size=1.45,
+        dpi=100,
+    )
+    del fig
+    return Path(path)
+
+
+# ----------------------------------------------------------------------------- numbers
+
+
+def _num(v: float | None, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{v:.{digits}f}"
+
+
+def _digits(entry: Mapping[str, Any]) -> int:
+    means = [abs(s["mean"]) for s in entry["methods"].values() if s["mean"] is not None]
+    biggest = max(means, default=1.0)
+    if biggest >= 10:
+        return 1
+    if biggest < 0.01:
+        return 5
+    return 3
+
+
+def _ranges(levels: Sequence[float], mask: Sequence[bool], fmt: str = "{:g}") -> str:
+    """``0.05-0.3, 0.8-1`` style text of the levels where ``mask`` holds."""
+    parts, start = [], None
+    for i, ok in enumerate([*mask, False]):
+        if ok and start is None:
+            start = i
+        elif not ok and start is not None:
+            a, b = levels[start], levels[i - 1]
+            parts.append(fmt.format(a) if start == i - 1 else f"{fmt.format(a)}-{fmt.format(b)}")
+            start = None
+    return ", ".join(parts)
+
+
+def _curve_means(entry: Mapping[str, Any], method: str) -> list[float] | None:
+    st = entry["methods"].get(method)
+    if not st or "curve" not in st:
+        return None
+    return [math.nan if c["mean"] is None else c["mean"] for c in st["curve"]]
+
+
+def _compare_curves(
+    entry: Mapping[str, Any], a: str, b: str
+) -> tuple[list[float], list[bool]] | None:
+    """Levels and where ``a`` is better than ``b`` (by direction) at each level."""
+    ca, cb = _curve_means(entry, a), _curve_means(entry, b)
+    if ca is None or cb is None or not entry.get("levels"):
+        return None
+    higher = entry["direction"] == "higher"
+    better = [(x > y) if higher else (x < y) for x, y in zip(ca, cb, strict=True)]
+    return list(entry["levels"]), better
+
+
+def summary_paragraphs(data: Mapping[str, Any]) -> list[str]:
+    """Plain-language findings written from ``metrics.json``; each item one paragraph (text)."""
+    metrics = data["metrics"]
+    methods = data["methods"]
+    out: list[str] = []
+    wins: dict[str, list[str]] = {m: [] for m in methods}
+    for entry in metrics.values():
+        if entry.get("best") is not None:
+            wins[entry["best"]].append(entry["title"])
+    ranked = sorted(methods, key=lambda m: -len(wins[m]))
+    total = sum(len(v) for v in wins.values())
+    tally = ", ".join(f"{label(m)} {len(wins[m])}" for m in ranked if wins[m])
+    out.append(f"Wins per method over {total} measures: {tally or 'none'}.")
+
+    if "sglrp" in methods:
+        lost = [e for e in metrics.values() if e.get("best") not in (None, "sglrp")]
+        won = [e for e in metrics.values() if e.get("best") == "sglrp"]
+        if won:
+            out.append(
+                "SGLRP wins: " + "; ".join(e["title"] for e in won) + "."
+                if len(won) < len(metrics)
+                else "SGLRP wins every measure."
+            )
+        else:
+            out.append("SGLRP does not win any measure.")
+        if lost:
+            parts = []
+            for e in lost:
+                rank = e["ranking"].index("sglrp") + 1 if "sglrp" in e["ranking"] else None
+                d = _digits(e)
+                parts.append(
+                    f"{e['title']} (best {label(e['best'])} "
+                    f"{_num(e['methods'][e['best']]['mean'], d)}, SGLRP "
+                    f"{_num(e['methods']['sglrp']['mean'], d)}, rank {rank} of "
+                    f"{len(e['ranking'])})"
+                )
+            out.append("SGLRP does not win: " + "; ".join(parts) + ".")
+    out.extend(_paper_checks(metrics, methods))
+    if "random" in methods:
+        beaten = []
+        for e in metrics.values():
+            if e.get("ranking") and e["ranking"].index("random") == 0:
+                beaten.append(e["title"])
+        if beaten:
+            out.append(
+                "The Random baseline ranks first on: "
+                + "; ".join(beaten)
+                + ". These measures do not separate the methods here; read them with care."
+            )
+    return out
+
+
+def _paper_checks(metrics: Mapping[str, Any], methods: Sequence[str]) -> list[str]:
+    """Compare with the SGLRP paper's claims where the measures are present."""
+    out = []
+    epg = metrics.get("extended_pointing_game")
+    if epg and "sglrp" in methods and "guided_gradcam" in methods:
+        cmp = _compare_curves(epg, "sglrp", "guided_gradcam")
+        if cmp:
+            levels, better = cmp
+            if all(better):
+                where = "at every energy level"
+            elif not any(better):
+                where = "at no energy level"
+            else:
+                where = f"at E = {_ranges(levels, better)}"
+            out.append(
+                f"Pointing game curve: SGLRP's pointing accuracy is above Guided Grad-CAM's "
+                f"{where} (paper: SGLRP overtakes Guided Grad-CAM for E >= 0.67)."
+            )
+    for key, what in (
+        ("patch_masking", "ground-truth target"),
+        ("patch_masking_second", "second most probable target"),
+    ):
+        e = metrics.get(key)
+        if not e or "sglrp" not in methods:
+            continue
+        parts = []
+        for other in ("lrp", "clrp", "guided_gradcam"):
+            if other not in methods:
+                continue
+            cmp = _compare_curves(e, "sglrp", other)
+            if not cmp:
+                continue
+            levels, better = cmp
+            if all(better):
+                where = "at every patch size"
+            elif not any(better):
+                where = "at no patch size"
+            else:
+                where = f"at p = {_ranges(levels, better)}"
+            parts.append(f"more than {label(other)} {where}")
+        if parts:
+            out.append(
+                f"Patch masking ({what}): SGLRP's maximum lowers the target probability "
+                + "; ".join(parts)
+                + " (paper: more than LRP and CLRP at every p)."
+            )
+    return out
+
+
+# ----------------------------------------------------------------------------- HTML
+
+
+def winners_table(data: Mapping[str, Any]) -> str:
+    """HTML table: per measure the best method, runner-up, lead and SGLRP's rank."""
+    rows = []
+    for key, e in data["metrics"].items():
+        if e.get("best") is None:
+            continue
+        d = _digits(e)
+        ru = e.get("runner_up")
+        best = f"{html.escape(label(e['best']))} ({_num(e['methods'][e['best']]['mean'], d)})"
+        second = f"{html.escape(label(ru))} ({_num(e['methods'][ru]['mean'], d)})" if ru else "-"
+        lead = "clear" if e.get("clear") else "within noise"
+        sg = "-"
+        if "sglrp" in e["ranking"]:
+            sg = f"{e['ranking'].index('sglrp') + 1} of {len(e['ranking'])}"
+        rows.append(
+            f"<tr><td><a href='#{html.escape(key)}'>{html.escape(e['title'])}</a></td>"
+            f"<td>{e['direction']}</td><td>{best}</td><td>{second}</td><td>{lead}</td>"
+            f"<td>{sg}</td></tr>"
+        )
+    return (
+        "<table><thead><tr><th>measure</th><th>better</th><th>best</th><th>runner-up</th>"
+        "<th>lead (paired 95 % CI)</th><th>SGLRP rank</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _table(key: str, entry: Mapping[str, Any], methods: Sequence[str]) -> str:
+    d = _digits(entry)
+    better = "higher" if entry["direction"] == "higher" else "lower"
+    levels = entry.get("levels") or []
+    show: list[int] = []
+    if levels and key != "deletion" and key != "insertion":
+        show = [
+            i
+            for i, lv in enumerate(levels)
+            if len(levels) <= 10 or abs(round(lv * 10) - lv * 10) < 1e-9
+        ]
+    head = "<tr><th>method</th><th>mean [95 % CI]</th><th>n</th>"
+    head += "".join(f"<th>{html.escape(f'{levels[i]:g}')}</th>" for i in show) + "</tr>"
+    best_level: dict[int, str] = {}
+    for i in show:
+        vals = {}
+        for m in methods:
+            curve = entry["methods"].get(m, {}).get("curve")
+            if curve and curve[i]["mean"] is not None:
+                vals[m] = curve[i]["mean"]
+        if vals:
+            pick = max if entry["direction"] == "higher" else min
+            best_level[i] = pick(vals, key=vals.get)
+    body = []
+    for m in methods:
+        st = entry["methods"].get(m)
+        if st is None:
+            continue
+        is_best = m == entry.get("best")
+        name = html.escape(label(m)) + (" &#9733;" if is_best else "")
+        ci = f"{_num(st['mean'], d)} [{_num(st['low'], d)}, {_num(st['high'], d)}]"
+        cells = [f"<td>{name}</td>", f"<td>{ci}</td>", f"<td>{st['n']}</td>"]
+        for i in show:
+            c = st.get("curve", [None] * (i + 1))[i]
+            v = _num(c["mean"] if c else None, d)
+            cells.append(
+                f"<td class='best'>{v}</td>" if best_level.get(i) == m else f"<td>{v}</td>"
+            )
+        cls = " class='bestrow'" if is_best else ""
+        body.append(f"<tr{cls}>{''.join(cells)}</tr>")
+    note = f"{html.escape(entry['score'])}; {better} is better."
+    if show:
+        note += f" Columns on the right: mean at each {html.escape(entry['level_name'] or '')}."
+    if entry.get("best") and entry.get("runner_up") and "best_vs_runner_up" in entry:
+        diff = entry["best_vs_runner_up"]
+        note += (
+            f" Best minus runner-up ({html.escape(label(entry['runner_up']))}), paired over the "
+            f"same units: {_num(diff['mean'], d)} [{_num(diff['low'], d)}, "
+            f"{_num(diff['high'], d)}]" + (" (clear)." if entry.get("clear") else " (not clear).")
+        )
+    return (
+        f"<h3 id='{html.escape(key)}'>{html.escape(entry['title'])}</h3>"
+        f"<table><thead>{head}</thead><tbody>{''.join(body)}</tbody></table>"
+        f"<p class='note'>{note}</p>"
+    )
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;
+max-width:1150px;padding:0 1em;color:#222;line-height:1.45}
+h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:1.6em;border-bottom:1px solid #ddd}
+h3{margin-bottom:.3em}
+table{border-collapse:collapse;font-size:.9em;margin:.4em 0}
+th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th:first-child,td:first-child{text-align:left}
+th{background:#f2f2f2}tr.bestrow td:first-child{font-weight:bold}
+td.best{font-weight:bold;background:#e8f4e8}
+.note{font-size:.85em;color:#555;margin-top:.2em}
+.meta{color:#555;font-size:.9em}
+figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
+figcaption{font-size:.85em;color:#555}
+.plots{display:grid;grid-template-columns:1fr 1fr;gap:1em}
+.summary li{margin-bottom:.4em}
+"""
+
+
+def render_html(
+    data: Mapping[str, Any],
+    plots: Mapping[str, Path],
+    grids: Sequence[tuple[Path, str]],
+    title: str = "SGLRP reproduction report",
+    seconds: float | None = None,
+) -> str:
+    """The report page as a string (images embedded as data URIs)."""
+    methods = list(data["methods"])
+    esc = html.escape
+    acc = data.get("model_accuracy", {})
+    acc_text = "; ".join(
+        f"{k}-object images: top-1 among the present classes {_num(v['top1'], 3)} "
+        f"({v['images']} images)"
+        for k, v in acc.items()
+        if v.get("images")
+    )
+    settings = data.get("settings", {})
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
+        "<p class='meta'>",
+        f"Model <b>{esc(str(data.get('model')))}</b>; data <b>{esc(str(settings.get('data')))}"
+        f"</b> ({data.get('n_images')} images, {data['n_units'].get('gt', 0)} image-target "
+        f"units, {data['n_units'].get('second', 0)} second-target units); methods: "
+        f"{esc(', '.join(label(m) for m in methods))}.",
+    ]
+    if data.get("skipped_methods"):
+        parts.append(
+            f" Not available in this installation and skipped: "
+            f"{esc(', '.join(data['skipped_methods']))}."
+        )
+    if acc_text:
+        parts.append(f"<br>Classifier: {esc(acc_text)}.")
+    if seconds is not None:
+        parts.append(f"<br>Generated {when} in {seconds:.0f} s.")
+    parts.append("</p>")
+
+    parts.append("<h2>Summary</h2><ul class='summary'>")
+    parts += [f"<li>{esc(p)}</li>" for p in summary_paragraphs(data)]
+    parts.append("</ul>")
+    parts.append(winners_table(data))
+
+    if grids:
+        parts.append("<h2>Explanations per target class</h2>")
+        parts.append(
+            "<p>Multi-object images, one row per class present in the image (every class is "
+            "explained in turn). Maps show positive relevance summed over colour channels, "
+            "each normalised to its own maximum (the paper's display).</p>"
+        )
+        for path, caption in grids:
+            parts.append(
+                f"<figure><img src='{_data_uri(path)}' alt='{esc(caption)}'>"
+                f"<figcaption>{esc(caption)}</figcaption></figure>"
+            )
+
+    if plots:
+        parts.append("<h2>Curves</h2><div class='plots'>")
+        for key in PLOTS:
+            if key in plots:
+                entry = data["metrics"][key]
+                parts.append(
+                    f"<figure><img src='{_data_uri(Path(plots[key]))}' "
+                    f"alt='{esc(entry['title'])}'><figcaption>{esc(entry['title'])}; "
+                    f"shaded: 95 % interval; legend ranks by mean over the x range."
+                    f"</figcaption></figure>"
+                )
+        parts.append("</div>")
+
+    parts.append(
+        "<h2>Tables</h2><p>&#9733; marks the best method of each measure (by its "
+        "direction); a green cell the best at that level.</p>"
+    )
+    for key, entry in data["metrics"].items():
+        parts.append(_table(key, entry, methods))
+
+    proto = data.get("protocol", {})
+    parts.append("<h2>Protocol</h2><ul>")
+    parts.append(
+        "<li>Units: one per (image, class present) for every measure; patch masking is also "
+        "measured on the model's second most probable class of each image.</li>"
+    )
+    for k, v in proto.items():
+        parts.append(f"<li>{esc(k.replace('_', ' '))}: {esc(str(v))}</li>")
+    parts.append(
+        "<li>Intervals: mean &plusmn; 1.96 standard errors over units (NaN units, e.g. maps "
+        "without positive relevance, are excluded and counted).</li>"
+        "<li>Files: <a href='metrics.json'>metrics.json</a>, "
+        "<a href='metrics.csv'>metrics.csv</a>, <a href='results.jsonl'>results.jsonl</a> "
+        "(per-unit scores).</li></ul>"
+    )
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def write_report(
+    out: str | Path,
+    data: Mapping[str, Any],
+    grids: Sequence[tuple[Path, str]] = (),
+    seconds: float | None = None,
+) -> Path:
+    """Write ``out/index.html`` from ``metrics.json`` data and the plots found in ``out``."""
+    out = Path(out)
+    plots = {k: out / name for k, (name, _, _) in PLOTS.items() if (out / name).is_file()}
+    page = render_html(data, plots, grids, seconds=seconds)
+    return write_text(out / "index.html", page)

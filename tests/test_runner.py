@@ -1,0 +1,233 @@
+"""The evaluation runner: resume after interruption, 2-process sharding, errors, summaries."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sglrp import cli
+from sglrp.data import CLASSES, MEAN, STD
+from sglrp.evaluate import runner
+from sglrp.models import shapes_vgg
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+
+SMALL = [
+    "--methods",
+    "sglrp,clrp,random",
+    "--metrics",
+    "extended_pointing_game,pointing_game,relevance_mass_accuracy,patch_masking,deletion",
+    "--steps",
+    "2",
+    "--no-progress",
+]
+
+
+def random_bundle() -> runner.ModelBundle:
+    """A randomly initialised shapes VGG standing in for the shipped weights."""
+    torch.manual_seed(0)
+    model = shapes_vgg(num_classes=len(CLASSES)).eval()
+    return runner.ModelBundle(model, CLASSES, MEAN, STD, "random-shapes_vgg", 64)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: much faster on the shared, oversubscribed test machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def random_model(monkeypatch):
+    bundle = random_bundle()
+    monkeypatch.setattr(runner, "load_model", lambda spec: bundle)
+    return bundle
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    """A weights file with metadata, as `sglrp train` writes it (for subprocesses)."""
+    bundle = random_bundle()
+    path = tmp_path / "rand.pt"
+    torch.save(bundle.model.state_dict(), path)
+    meta = {
+        "architecture": "shapes_vgg",
+        "classes": list(CLASSES),
+        "mean": list(MEAN),
+        "std": list(STD),
+        "input_size": [3, 64, 64],
+        "model_kwargs": {},
+    }
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    return path
+
+
+def metrics_of(out: Path) -> dict:
+    return json.loads((out / "metrics.json").read_text())["metrics"]
+
+
+def test_resume_after_interruption_gives_the_same_metrics(random_model, tmp_path, monkeypatch):
+    args = ["evaluate", "--model", "x", "--n", "3", "--batch-size", "2", *SMALL]  # 3 batches
+    full = tmp_path / "full"
+    assert cli.main([*args, "--out", str(full)]) == 0
+
+    real = runner.compute_batch
+    calls: list[int] = []
+
+    def interrupting(*a, **k):
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        calls.append(a[6])
+        return real(*a, **k)
+
+    monkeypatch.setattr(runner, "compute_batch", interrupting)
+    part = tmp_path / "part"
+    assert cli.main([*args, "--out", str(part)]) == 130
+    assert not (part / "metrics.json").exists()
+    lines = (part / "parts" / "rank0.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["batch"] == 0
+    # a write torn by the interruption must not break the resumed run
+    with open(part / "parts" / "rank0.jsonl", "a") as handle:
+        handle.write('{"batch": 1, "images": ["multi/0')
+
+    calls.clear()
+
+    def counting(*a, **k):
+        calls.append(a[6])
+        return real(*a, **k)
+
+    monkeypatch.setattr(runner, "compute_batch", counting)
+    assert cli.main([*args, "--out", str(part)]) == 0
+    assert calls == [1, 2]  # only the batches that were not done
+    assert metrics_of(part) == metrics_of(full)
+    assert (part / "results.jsonl").read_text() == (full / "results.jsonl").read_text()
+    for name in ("metrics.csv", "pointing_game_curve.png", "patch_masking.png"):
+        assert (part / name).is_file()
+    assert not list((part / "parts").glob("*.jsonl"))
+
+    # a finished run started again recomputes nothing
+    calls.clear()
+    assert cli.main([*args, "--out", str(part)]) == 0
+    assert calls == [] and metrics_of(part) == metrics_of(full)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed beside python")
+def test_two_gloo_processes_equal_one_process(model_file, tmp_path):
+    args = ["evaluate", "--model", str(model_file), "--batch-size", "1", *SMALL]
+    single = tmp_path / "single"
+    # one thread (the autouse fixture), as torchrun gives each worker: the same arithmetic
+    assert cli.main([*args, "--num-images", "2", "--out", str(single)]) == 0
+
+    dist_out = tmp_path / "dist"
+    cmd = [
+        str(TORCHRUN),
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        "-m",
+        "sglrp.cli",
+        *args,
+        "--num-images",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        str(dist_out),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("metrics:") == 1  # only rank 0 reports
+    # each rank evaluated its own share (4 batches, round-robin)
+    records = [json.loads(line) for line in (dist_out / "results.jsonl").read_text().splitlines()]
+    assert [r["batch"] for r in records] == [0, 1, 2, 3]
+    assert metrics_of(dist_out) == metrics_of(single)
+    assert (dist_out / "results.jsonl").read_text() == (single / "results.jsonl").read_text()
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--data", "/nonexistent/voc"], "data folder /nonexistent/voc does not exist"),
+        (["--methods", "sglrp,magic"], "unknown method 'magic'"),
+        (["--metrics", "pointing_game,accuracy"], "unknown metric 'accuracy'"),
+        (["--batch-size", "0"], "--batch-size must be a positive integer"),
+    ],
+)
+def test_bad_inputs_give_one_clear_line(random_model, tmp_path, capsys, extra, expected):
+    code = cli.main(["evaluate", "--model", "x", "--out", str(tmp_path / "o"), *extra])
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("sglrp evaluate: error:") and expected in err
+
+
+def test_missing_model_file_and_changed_settings(random_model, tmp_path, capsys, monkeypatch):
+    monkeypatch.undo()  # the real loader
+    code = cli.main(["evaluate", "--model", str(tmp_path / "none.pt"), "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "does not exist" in err and len(err.splitlines()) == 1
+
+    monkeypatch.setattr(runner, "load_model", lambda spec: random_model)
+    out = tmp_path / "o"
+    base = ["evaluate", "--model", "x", "--n", "1", "--out", str(out), *SMALL]
+    assert cli.main(base) == 0
+    capsys.readouterr()
+    assert cli.main([*base, "--seed", "3"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "different settings (seed)" in err and len(err.splitlines()) == 1
+
+
+def _record(batch: int, scores: dict[str, list[float]]) -> dict:
+    n = len(next(iter(scores.values())))
+    return {
+        "batch": batch,
+        "images": [f"multi/{batch:06d}"],
+        "units": {
+            "gt": {"image": ["i"] * n, "target": [0] * n, "prob": [0.5] * n, "predicted": [0] * n},
+            "second": {"image": [], "target": [], "prob": [], "predicted": []},
+        },
+        "scores": {"average_drop": scores, "pointing_game": scores},
+        "curves": {},
+        "levels": {},
+    }
+
+
+def test_summary_respects_direction_and_excludes_nan():
+    records = {
+        0: _record(0, {"sglrp": [10.0, 12.0], "lrp": [30.0, 31.0]}),
+        1: _record(1, {"sglrp": [11.0, None], "lrp": [29.0, 33.0]}),
+    }
+    s = runner.summarize(records, ["sglrp", "lrp"], ["average_drop", "pointing_game"], CLASSES)
+    drop, pointing = s["average_drop"], s["pointing_game"]
+    assert drop["direction"] == "lower" and drop["best"] == "sglrp"
+    assert pointing["direction"] == "higher" and pointing["best"] == "lrp"
+    assert drop["methods"]["sglrp"]["n"] == 3 and drop["methods"]["sglrp"]["n_excluded"] == 1
+    assert math.isclose(drop["methods"]["sglrp"]["mean"], 11.0)
+    assert drop["clear"]  # paired difference clearly below 0
+
+
+def test_method_missing_from_installation_is_skipped(monkeypatch):
+    import sglrp.api
+
+    monkeypatch.setattr(sglrp.api, "available_methods", lambda: ["lrp", "clrp", "sglrp"])
+    with pytest.warns(UserWarning, match="relevance_cam"):
+        usable, skipped = runner.resolve_methods("sglrp,relevance_cam")
+    assert usable == ["sglrp"] and skipped == ["relevance_cam"]
