@@ -13,7 +13,9 @@ from torch import nn
 
 def install_torchvision_standin() -> None:
     """Put a stand-in ``torchvision`` with only what zennit touches into ``sys.modules``."""
-    if "torchvision" in sys.modules and getattr(sys.modules["torchvision"], "_sglrp_standin", False):
+    if "torchvision" in sys.modules and getattr(
+        sys.modules["torchvision"], "_sglrp_standin", False
+    ):
         return
     tv = types.ModuleType("torchvision")
     tv._sglrp_standin = True

@@ -88,7 +88,8 @@ def resolve_targets(target: TargetSpec, logits: torch.Tensor) -> torch.Tensor:
                 raise ValueError("target='second' needs a model with at least 2 classes")
             return logits.topk(2, dim=1).indices[:, 1]
         raise ValueError(
-            f"unknown target {target!r}; use 'predicted', 'second', a class index or a tensor of them"
+            f"unknown target {target!r}; use 'predicted', 'second', a class index "
+            "or a tensor of them"
         )
     if isinstance(target, bool):
         raise TypeError("target must be an int, a sequence of ints, a tensor, or a string")

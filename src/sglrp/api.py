@@ -14,6 +14,8 @@ from .propagation import OUTPUT_RELEVANCE, RulesSpec, propagate
 from .propagation.output import OutputRelevance, sglrp_dual_part, sglrp_target_part
 
 LRP_METHODS = tuple(OUTPUT_RELEVANCE)
+#: Registry methods that use the LRP rules and so take ``rules`` and ``bounds``.
+_RULE_METHODS = {"relevance_cam"}
 
 
 def _method_registry() -> dict[str, Callable]:
@@ -92,6 +94,8 @@ def explain(
     if method not in methods:
         raise ValueError(f"unknown method {method!r}; available: {', '.join(available_methods())}")
     fn = methods[method]
+    if method in _RULE_METHODS:
+        options = {"rules": rules, "bounds": bounds, **options}
     with preserved(model):
         if targets.ndim == 1:
             return fn(model, x, targets, **options)

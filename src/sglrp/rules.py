@@ -142,7 +142,8 @@ class LinearRule(Rule):
 
 @dataclass(frozen=True, eq=False)
 class Epsilon(LinearRule):
-    """LRP-epsilon: :math:`R_i = \\sum_j \\frac{x_i w_{ij}}{z_j + \\epsilon\\,\\mathrm{sign}(z_j)} R_j`.
+    """LRP-epsilon:
+    :math:`R_i = \\sum_j \\frac{x_i w_{ij}}{z_j + \\epsilon\\,\\mathrm{sign}(z_j)} R_j`.
 
     ``epsilon=0`` is LRP-0. The bias is part of :math:`z_j` unless ``bias=False``.
     """

@@ -66,7 +66,7 @@ def _stabilize(d: Tensor, eps: float, sign: int) -> Tensor:
         return d.add_(eps)
     if sign < 0:
         return d.sub_(eps)
-    return d.add_(torch.where(d >= 0, eps, -eps))
+    return d.add_((d >= 0).to(d.dtype).mul_(2 * eps).sub_(eps))
 
 
 def _safe_ratio(value: Tensor, d: Tensor, may_be_zero: bool = True) -> Tensor:
@@ -416,6 +416,7 @@ class Propagator:
         x_in = x.detach().requires_grad_(True)
         state = _RunState(x_in=x_in)
         taps: dict[str, list[Tensor]] = {}
+        tapped_objects: dict[str, Tensor] = {}
         recorded_outputs: dict[str, Tensor] = {}
 
         def make_rule_node(module, op_source, rule, layer_input, value):
@@ -504,7 +505,9 @@ class Propagator:
                 sink: list[Tensor] = []
                 taps[name] = sink
                 recorded_outputs[name] = output.detach().clone()
-                return _Tap.apply(output, sink)
+                tapped = _Tap.apply(output, sink)
+                tapped_objects[name] = tapped
+                return tapped
 
             return hook
 
@@ -541,14 +544,23 @@ class Propagator:
         state.last = None
 
         inputs = [x_in, *state.sinks]
+        # Relevance is read at the input of the first layer when that input is x itself or
+        # an elementwise (or reshaping) function of it: preprocessing inside the model then
+        # passes relevance through unchanged.
         use_first = (
             state.first_input is not None
             and state.first_input is not x_in
-            and state.first_input.shape == x_in.shape
+            and state.first_input.numel() == x_in.numel()
             and state.first_input.requires_grad
         )
         if use_first:
             inputs.append(state.first_input)
+        for sink in state.sinks:
+            if sink.numel() != x_in.numel():
+                raise ValueError(
+                    "a rule in relevance form (Z^B, flat, w-square) is applied to a layer whose "
+                    "input is not the model input; apply it to the first layer only"
+                )
         records: list[PassRecord] = []
         for k, vector in enumerate(vectors):
             if start_with_relevance:
@@ -569,14 +581,16 @@ class Propagator:
                 base, value = grads[-1], state.first_input.detach()
             else:
                 base, value = grads[0], x_in.detach()
-            relevance = torch.zeros_like(x_in) if base is None else value * base
+            relevance = torch.zeros_like(x_in) if base is None else (value * base).view_as(x_in)
             for g in grads[1 : 1 + len(state.sinks)]:
                 if g is not None:
-                    relevance = relevance + g
+                    relevance = relevance + g.reshape(x_in.shape)
             layer_relevance = {}
             for name, sink in taps.items():
                 g = sink[0] if sink else torch.zeros_like(recorded_outputs[name])
-                layer_relevance[name] = recorded_outputs[name] * g
+                at_logits = start_with_relevance and tapped_objects[name] is logits
+                # at the logits the backward starts with relevance itself, not R / z
+                layer_relevance[name] = g if at_logits else recorded_outputs[name] * g
             records.append(PassRecord(relevance.detach(), layer_relevance))
         return logits.detach(), records, recorded_outputs
 
