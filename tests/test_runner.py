@@ -231,3 +231,17 @@ def test_method_missing_from_installation_is_skipped(monkeypatch):
     with pytest.warns(UserWarning, match="relevance_cam"):
         usable, skipped = runner.resolve_methods("sglrp,relevance_cam")
     assert usable == ["sglrp"] and skipped == ["relevance_cam"]
+
+
+def test_voc_folder_is_evaluated(random_model, tmp_path):
+    from sglrp.data import export_voc, generate
+
+    folder = export_voc(generate("multi", 3, seed=5), tmp_path / "voc")
+    out = tmp_path / "o"
+    args = ["evaluate", "--model", "x", "--data", str(folder), "--out", str(out), *SMALL]
+    assert cli.main(args) == 0
+    data = json.loads((out / "metrics.json").read_text())
+    assert data["n_images"] == 3 and data["model_accuracy"]["multi"]["images"] == 3
+    first = json.loads((out / "results.jsonl").read_text().splitlines()[0])
+    assert first["images"] == ["voc/000000", "voc/000001", "voc/000002"]
+    assert data["n_units"]["gt"] == sum(len(set(s.labels)) for s in generate("multi", 3, seed=5))
