@@ -246,7 +246,9 @@ def _paper_checks(metrics: Mapping[str, Any], methods: Sequence[str]) -> list[st
             elif not any(better):
                 where = "at no patch size"
             else:
-                where = f"at p = {_ranges(levels, better)}"
+                where = "at p = " + ", ".join(
+                    f"{lv:g}" for lv, ok in zip(levels, better, strict=True) if ok
+                )
             parts.append(f"more than {label(other)} {where}")
         if parts:
             out.append(
@@ -280,8 +282,8 @@ def winners_table(data: Mapping[str, Any]) -> str:
             f"<td>{sg}</td></tr>"
         )
     return (
-        "<table><thead><tr><th>measure</th><th>better</th><th>best</th><th>runner-up</th>"
-        "<th>lead (paired 95 % CI)</th><th>SGLRP rank</th></tr></thead><tbody>"
+        "<table class='text'><thead><tr><th>measure</th><th>better</th><th>best</th>"
+        "<th>runner-up</th><th>lead (paired 95 % CI)</th><th>SGLRP rank</th></tr></thead><tbody>"
         + "".join(rows)
         + "</tbody></table>"
     )
@@ -356,6 +358,7 @@ h3{margin-bottom:.3em}
 table{border-collapse:collapse;font-size:.9em;margin:.4em 0}
 th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th:first-child,td:first-child{text-align:left}
+table.text td,table.text th{text-align:left}
 th{background:#f2f2f2}tr.bestrow td:first-child{font-weight:bold}
 td.best{font-weight:bold;background:#e8f4e8}
 .note{font-size:.85em;color:#555;margin-top:.2em}
@@ -408,7 +411,13 @@ def render_html(
     parts.append("</p>")
 
     parts.append("<h2>Summary</h2><ul class='summary'>")
-    parts += [f"<li>{esc(p)}</li>" for p in summary_paragraphs(data)]
+    for item in summary_paragraphs(data):
+        head, sep, rest = item.partition(": ")
+        if head in ("SGLRP wins", "SGLRP does not win") and sep and "; " in rest:
+            subs = "".join(f"<li>{esc(x.rstrip('.'))}</li>" for x in rest.split("; "))
+            parts.append(f"<li>{esc(head)}:<ul>{subs}</ul></li>")
+        else:
+            parts.append(f"<li>{esc(item)}</li>")
     parts.append("</ul>")
     parts.append(winners_table(data))
 

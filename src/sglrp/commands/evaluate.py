@@ -28,7 +28,24 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default="auto", choices=("auto", "cpu", "cuda"), help="compute device"
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads per process (default: PyTorch's choice; 1 helps on a busy machine)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+
+
+def apply_threads(threads: int | None) -> None:
+    """Set PyTorch's intra-op thread count when asked."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"--threads must be a positive integer, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -74,6 +91,7 @@ def main(args: argparse.Namespace) -> int:
     """Run the evaluation; print where the results are."""
     from ..evaluate.runner import resolve_metrics, run
 
+    apply_threads(args.threads)
     metrics = resolve_metrics(args.metrics)
     cfg = EvalConfig(
         model=args.model,

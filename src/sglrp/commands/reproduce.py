@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from .evaluate import add_common
+from .evaluate import add_common, apply_threads
 
 #: Settings of the full run (about 10 minutes on 2 CPU cores) and of ``--quick``.
 FULL = {"n": 64, "steps": 16, "grid_images": 4}
@@ -54,6 +54,7 @@ def main(args: argparse.Namespace) -> int:
     from ..report import write_grid, write_report
 
     start = time.perf_counter()
+    apply_threads(args.threads)
     preset = QUICK if args.quick else FULL
     n = preset["n"] if args.n is None else args.n
     out = Path(args.out)
