@@ -78,22 +78,22 @@ def explain(
     """
     check_model(model)
     check_input(x)
-    logits = _logits(model, x)
-    targets = resolve_targets(target, logits)
     if callable(method) or method in LRP_METHODS:
         variant = options.pop("variant", "paper")
         epsilon = options.pop("epsilon", None)
         if options:
             raise TypeError(f"unexpected options for {method!r}: {', '.join(options)}")
         if variant == "authors" and method == "sglrp":
+            targets = resolve_targets(target, _logits(model, x))
             return _sglrp_authors(model, x, targets, rules, bounds, epsilon)
         if variant != "paper":
             raise ValueError(f"unknown variant {variant!r}; use 'paper' or 'authors' (SGLRP only)")
-        return propagate(model, x, targets, method, rules, bounds, epsilon=epsilon).input_relevance
+        return propagate(model, x, target, method, rules, bounds, epsilon=epsilon).input_relevance
     methods = _method_registry()
     if method not in methods:
         raise ValueError(f"unknown method {method!r}; available: {', '.join(available_methods())}")
     fn = methods[method]
+    targets = resolve_targets(target, _logits(model, x))
     if method in _RULE_METHODS:
         options = {"rules": rules, "bounds": bounds, **options}
     with preserved(model):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_input, check_model
+from .._checks import TargetSpec, check_input, check_model, resolve_targets
 from .._guard import preserved
 from ..presets import Bounds, resolve_rules
 from ..rules import Rule, RuleKey, RuleMap
@@ -40,6 +40,7 @@ class PropagationResult:
     layer_relevance: dict[str, Tensor]
     layer_output: dict[str, Tensor]
     logits: Tensor
+    targets: Tensor
 
 
 def _stack(records: list[PassRecord], multi: bool) -> tuple[Tensor, dict[str, Tensor]]:
@@ -56,7 +57,7 @@ def _stack(records: list[PassRecord], multi: bool) -> tuple[Tensor, dict[str, Te
 def propagate(
     model: nn.Module,
     x: Tensor,
-    targets: Tensor,
+    targets: TargetSpec,
     output_relevance: str | OutputRelevance = "sglrp",
     rules: RulesSpec = "dtd",
     bounds: Bounds | None = None,
@@ -70,7 +71,8 @@ def propagate(
     model, x
         Classifier returning (N, classes) logits, and the (N, C, H, W) input batch.
     targets
-        Long tensor (N,) or (N, K) of class indices (see :func:`sglrp._checks.resolve_targets`).
+        Class indices (N,) or (N, K), an int, ``"predicted"`` or ``"second"``; resolved on the
+        logits of the one forward pass (see :func:`sglrp._checks.resolve_targets`).
     output_relevance
         ``"lrp"``, ``"clrp"``, ``"sglrp"`` or a callable ``(logits, targets) -> (N, classes)``.
     rules, bounds, epsilon
@@ -84,10 +86,13 @@ def propagate(
     check_input(x)
     rule_map = resolve_rules(rules, x, bounds, epsilon)
     fn = output_relevance_fn(output_relevance)
-    multi = targets.ndim == 2
-    columns = targets if multi else targets[:, None]
+    resolved: list[Tensor] = []
 
     def vectors(logits: Tensor) -> list[Tensor]:
+        columns = resolve_targets(targets, logits)
+        resolved.append(columns)
+        if columns.ndim == 1:
+            columns = columns[:, None]
         out = []
         for k in range(columns.shape[1]):
             vector = fn(logits, columns[:, k])
@@ -102,5 +107,5 @@ def propagate(
     with preserved(model) as hooks:
         propagator = Propagator(model, rule_map)
         logits, records, outputs = propagator.run(x, vectors, hooks, record)
-    relevance, layers = _stack(records, multi)
-    return PropagationResult(relevance, layers, outputs, logits)
+    relevance, layers = _stack(records, resolved[-1].ndim == 2)
+    return PropagationResult(relevance, layers, outputs, logits, resolved[-1])

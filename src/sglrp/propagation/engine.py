@@ -167,6 +167,12 @@ class RuleState:
                 ratio.masked_fill_(value >= 0, 0.0)
             self.ratios.append(ratio)
 
+    def mask_ratios(self, keep: Tensor) -> None:
+        """Zero the ratios where ``keep`` is False (a following ReLU's mask)."""
+        for ratio in self.ratios:
+            if ratio is not None:
+                ratio.mul_(keep)
+
     def start_from_relevance(self, x: Tensor, value: Tensor) -> None:
         """Make the backward take relevance (not relevance per activation) at the output.
 
@@ -242,6 +248,61 @@ class _PassNode(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         return grad * ctx.ratio, None, None
+
+
+class _FusedRelu(torch.autograd.Function):
+    """In-place ReLU on a rule layer's fresh output whose mask was folded into the rule's
+    ratios: its backward is the identity and it saves nothing."""
+
+    @staticmethod
+    def forward(ctx, value: Tensor) -> Tensor:
+        ctx.mark_dirty(value)
+        return value.clamp_(min=0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad
+
+
+_INPLACE_RELUS = {torch.relu_, Tensor.relu_}
+_RELUS = {torch.nn.functional.relu, torch.relu, Tensor.relu, *_INPLACE_RELUS}
+_METADATA = {"size", "dim", "numel", "__get__", "stride", "is_contiguous", "element_size"}
+
+
+class _ReluFusion(torch.overrides.TorchFunctionMode):
+    """Folds an in-place ReLU that directly follows a rule layer into that layer's ratios.
+
+    The ratio then carries the ReLU's mask, so the ReLU needs to save nothing for its
+    backward: this halves what the backward pass keeps per layer. A rule output that is
+    used by anything else first is left alone.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fresh: dict[int, tuple[Tensor, int, RuleState]] = {}
+
+    def register(self, value: Tensor, state: RuleState) -> None:
+        self.fresh[id(value)] = (value, value._version, state)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self.fresh and func in _RELUS and args:
+            inplace = func in _INPLACE_RELUS or (
+                func is torch.nn.functional.relu
+                and bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
+            )
+            entry = self.fresh.pop(id(args[0]), None)
+            if inplace and entry is not None and entry[0] is args[0]:
+                value, version, state = entry
+                if value._version == version:
+                    state.mask_ratios(value > 0)
+                    return _FusedRelu.apply(value)
+        elif self.fresh and getattr(func, "__name__", "") not in _METADATA:
+            for arg in (*args, *kwargs.values()):
+                for item in arg if isinstance(arg, list | tuple) else (arg,):
+                    if isinstance(item, Tensor):
+                        self.fresh.pop(id(item), None)
+        return func(*args, **kwargs)
 
 
 class _Tap(torch.autograd.Function):
@@ -417,6 +478,7 @@ class Propagator:
         state = _RunState(x_in=x_in)
         taps: dict[str, list[Tensor]] = {}
         tapped_objects: dict[str, Tensor] = {}
+        fusion = _ReluFusion()
         recorded_outputs: dict[str, Tensor] = {}
 
         def make_rule_node(module, op_source, rule, layer_input, value):
@@ -451,6 +513,8 @@ class Propagator:
             value = value.detach()
             with torch.no_grad():
                 node_state.compute_ratios(layer_input.detach(), value)
+            # modified weights are rebuilt in the backward pass instead of held until then
+            op.release()
             sink = None
             if rule.relevance_form:
                 sink = torch.zeros((), dtype=x_in.dtype, device=x_in.device).expand_as(layer_input)
@@ -458,6 +522,7 @@ class Propagator:
                 state.sinks.append(sink)
             out = _RuleNode.apply(layer_input, sink, value, node_state)
             state.last = (out, node_state, layer_input)
+            fusion.register(out, node_state)
             return out
 
         def linear_hook(module, args, output):
@@ -525,8 +590,9 @@ class Propagator:
             module = self.pairs.get(module, module)
             hooks.add(module.register_forward_hook(tap_hook(name)))
 
-        with torch.enable_grad():
+        with torch.enable_grad(), fusion:
             logits = self.model(x_in)
+        fusion.fresh.clear()
         if state.pending:
             layer = next(iter(state.pending.values()))[0]
             raise PairingError(layer)

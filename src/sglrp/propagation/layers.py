@@ -19,7 +19,7 @@ BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 #: Linear layers with more weights than this are processed in row chunks, so a modified copy
 #: of a large weight matrix (VGG16's first classifier layer has 103 M) never exists at once.
-CHUNK_ELEMENTS = 1 << 22
+CHUNK_ELEMENTS = 1 << 20
 
 _CONV_FORWARD = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_INPUT_GRAD = {
@@ -65,6 +65,7 @@ class LinearOp:
     padding: tuple[int, ...] = ()
     dilation: tuple[int, ...] = ()
     groups: int = 1
+    caching: bool = True
     _cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -103,16 +104,20 @@ class LinearOp:
         return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
 
     def param(self, modifier: Callable[[Tensor], Tensor], rows: slice | None = None) -> Tensor:
-        """``modifier(weight[rows])``; small results are cached for the op's lifetime."""
+        """``modifier(weight[rows])``, cached while :attr:`caching` is on (small weights only)."""
         weight = self.weight if rows is None else self.weight[rows]
         if modifier.__name__ == "keep":
             return weight
-        if weight.numel() > CHUNK_ELEMENTS:
+        if rows is not None or not self.caching or weight.numel() > CHUNK_ELEMENTS:
             return modifier(weight)
-        key = (modifier, None if rows is None else (rows.start, rows.stop))
-        if key not in self._cache:
-            self._cache[key] = modifier(weight)
-        return self._cache[key]
+        if modifier not in self._cache:
+            self._cache[modifier] = modifier(weight)
+        return self._cache[modifier]
+
+    def release(self) -> None:
+        """Drop cached modified weights; they are recomputed when needed again."""
+        self._cache.clear()
+        self.caching = False
 
     # -- maps -------------------------------------------------------------------------------
 
