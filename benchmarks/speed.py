@@ -4,7 +4,9 @@ Each (method, batch) is measured in a fresh subprocess: the model and input are 
 warm-up call runs, then ``--repeats`` timed calls; the median time is reported. Peak memory
 is the process's peak resident size during one call above its size just before it, in a
 separate subprocess: after a warm-up call the kernel's peak mark is reset (clear_refs), so
-the figure is what the call itself needs beyond the model and input. Usage: ``python benchmarks/speed.py [--batches 1 8] [--repeats 5] [--size 224]``.
+the figure is what the call itself needs beyond the model and input.
+
+Usage: ``python benchmarks/speed.py [--batches 1 8] [--repeats 5] [--size 224]``.
 """
 
 from __future__ import annotations

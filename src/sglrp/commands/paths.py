@@ -73,6 +73,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--graph-k", type=int, default=3, metavar="G", help="neurons per layer in the graph (3)"
     )
+    p.add_argument(
+        "--by",
+        choices=("positive", "absolute"),
+        default="positive",
+        help="rank neurons by their relevance (positive: for the target; default) or by |R|",
+    )
     p.add_argument("--method", default="sglrp", choices=_METHODS, help="output relevance")
     p.add_argument(
         "--target",
@@ -255,7 +261,9 @@ def run(args: argparse.Namespace) -> int:
 
     # -- errors over k at LAYER, and the choice of k
     ks = sorted(set(default_ks(width)) | ({min(k_arg, width)} if k_arg else set()))
-    curve = selection_curve(model, x, [layer], ks, t, batch_size=args.batch_size, **common)
+    curve = selection_curve(
+        model, x, [layer], ks, t, by=args.by, batch_size=args.batch_size, **common
+    )
     chosen = None
     if k_arg is None:
         chosen = choose_k(curve, args.tolerance, args.metric)
@@ -287,6 +295,7 @@ def run(args: argparse.Namespace) -> int:
         t,
         layers=hidden,
         k=args.graph_k,
+        by=args.by,
         class_names=names,
         batch_size=args.batch_size,
         **common,
@@ -298,10 +307,10 @@ def run(args: argparse.Namespace) -> int:
     full = cp.full
 
     # -- the selected neurons of LAYER: heatmaps through each and restricted heatmap
-    selection = select_top_k(full, k, layers=[layer])
+    selection = select_top_k(full, k, layers=[layer], by=args.by)
     chosen_idx = torch.nonzero(selection[layer][0]).reshape(-1).tolist()
     rel = full.relevance[layer][0]
-    chosen_idx.sort(key=lambda i: -float(rel[i]))
+    chosen_idx.sort(key=lambda i: -float(rel[i] if args.by == "positive" else abs(rel[i])))
     shown_idx = chosen_idx[:8]
     maps, _ = neuron_flows(
         model,
@@ -388,6 +397,7 @@ def run(args: argparse.Namespace) -> int:
         ],
         "layer": layer,
         "k": k,
+        "ranked_by": args.by,
         "k_auto": None
         if k_arg is not None
         else {"metric": args.metric, "tolerance": args.tolerance, "chosen": chosen},
