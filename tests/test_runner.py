@@ -245,3 +245,22 @@ def test_voc_folder_is_evaluated(random_model, tmp_path):
     first = json.loads((out / "results.jsonl").read_text().splitlines()[0])
     assert first["images"] == ["voc/000000", "voc/000001", "voc/000002"]
     assert data["n_units"]["gt"] == sum(len(set(s.labels)) for s in generate("multi", 3, seed=5))
+
+
+def test_map_without_positive_relevance_scores_zero_not_excluded(random_model, monkeypatch):
+    real = runner._maps
+
+    def maps(bundle, x, targets, method, seed):
+        r = real(bundle, x, targets, method, seed)
+        return torch.zeros_like(r) if method == "clrp" else r
+
+    monkeypatch.setattr(runner, "_maps", maps)
+    cfg = runner.EvalConfig(methods=("sglrp", "clrp"), metrics=("extended_pointing_game",))
+    source = runner.open_data("builtin", 2, 0, random_model)
+    rec = runner.compute_batch(
+        random_model, source, [0, 2], cfg, ["sglrp", "clrp"], ["extended_pointing_game"], 0
+    )
+    scores = rec["scores"]["extended_pointing_game"]
+    assert scores["clrp"] == [0.0] * len(scores["sglrp"])
+    assert all(rec["empty"]["clrp"]) and not any(rec["empty"]["sglrp"])
+    assert all(v == 0.0 for curve in rec["curves"]["extended_pointing_game"]["clrp"] for v in curve)

@@ -406,6 +406,15 @@ def render_html(
         )
     if acc_text:
         parts.append(f"<br>Classifier: {esc(acc_text)}.")
+    empty = {m: k for m, k in data.get("empty_maps", {}).items() if k}
+    if empty:
+        total = data["n_units"].get("gt", 0)
+        parts.append(
+            "<br>Maps with no positive relevance (scored 0 in the extended pointing game and "
+            "relevance mass): "
+            + esc(", ".join(f"{label(m)} {k} of {total}" for m, k in empty.items()))
+            + "."
+        )
     if seconds is not None:
         parts.append(f"<br>Generated {when} in {seconds:.0f} s.")
     parts.append("</p>")

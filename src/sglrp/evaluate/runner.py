@@ -13,7 +13,10 @@ Every metric sees the paper's display map: positive relevance summed over colour
 pointing game uses the target's bounding boxes (SGLRP paper, eqs. 11-12); the classic
 pointing game, relevance mass and relevance rank use the object masks (boxes when a data set
 has no masks). The classic game's 15 px tolerance is for 224 px images and is scaled to the
-image size (about 4.3 px at 64 px).
+image size (about 4.3 px at 64 px). A map without positive relevance (LRP's z+ maps for a
+target with a negative logit, for instance) locates nothing: it scores 0 in the extended
+pointing game and relevance mass instead of being left out, so every method is averaged over
+the same units; ``metrics.json`` counts such maps per method (``empty_maps``).
 
 Streaming and resuming: each process appends one JSON line per finished batch to
 ``OUT/parts/rank<r>.jsonl`` (flushed and synced), so an interrupted run started again with
@@ -682,20 +685,31 @@ def compute_batch(
     box = torch.from_numpy(np.stack(box_masks)).to(x.device) if u else None
     tolerance = 15.0 * min(h, w) / 224.0
 
-    def put(key: str, method: str, res: Any, curve: bool = False) -> None:
-        record["scores"].setdefault(key, {})[method] = _clean(res.scores)
+    def put(key: str, method: str, res: Any, curve: bool = False, zero: Tensor | None = None):
+        scores = res.scores.clone()
+        if zero is not None:  # no positive relevance: the map locates nothing, a miss
+            scores[zero] = 0.0
+        record["scores"].setdefault(key, {})[method] = _clean(scores)
         if curve:
-            record["curves"].setdefault(key, {})[method] = _clean(res.curves)
+            curves = res.curves.clone()
+            if zero is not None:
+                curves[zero] = 0.0
+            record["curves"].setdefault(key, {})[method] = _clean(curves)
             record["levels"][key] = _clean(res.levels)
 
     if u:
+        record["empty"] = {}
         for m, r in gt_maps.items():
+            empty = ~(r.flatten(1) > 0).any(dim=1)
+            record["empty"][m] = empty.tolist()
             if "extended_pointing_game" in chosen:
-                put("extended_pointing_game", m, extended_pointing_game(r, box, cfg.energies), True)
+                res = extended_pointing_game(r, box, cfg.energies)
+                put("extended_pointing_game", m, res, True, empty & box.flatten(1).any(dim=1))
             if "pointing_game" in chosen:
                 put("pointing_game", m, pointing_game(r, obj, tolerance=tolerance))
             if "relevance_mass_accuracy" in chosen:
-                put("relevance_mass_accuracy", m, relevance_mass_accuracy(r, obj))
+                res = relevance_mass_accuracy(r, obj)
+                put("relevance_mass_accuracy", m, res, zero=empty & obj.flatten(1).any(dim=1))
             if "relevance_rank_accuracy" in chosen:
                 put("relevance_rank_accuracy", m, relevance_rank_accuracy(r, obj))
             if chosen & {"average_drop", "increase_in_confidence"}:
@@ -1032,6 +1046,8 @@ def write_outputs(
         "protocol": {
             "maps": "positive relevance summed over colour channels (sglrp.heatmap)",
             "extended_pointing_game": "ground truth = bounding boxes of the target class",
+            "maps_without_positive_relevance": "score 0 in the extended pointing game and "
+            "relevance mass (they locate nothing); counted in empty_maps",
             "pointing_game_tolerance_px": None,
             "patch_baseline": "dataset mean (0 in normalised space)",
             "confidence_keep_top": CONFIDENCE_KEEP_TOP,
@@ -1044,6 +1060,9 @@ def write_outputs(
         h = bundle.size
         data["protocol"]["pointing_game_tolerance_px"] = round(15.0 * h / 224.0, 3)
     data["model_accuracy"] = model_accuracy(records)
+    data["empty_maps"] = {
+        m: sum(sum(r.get("empty", {}).get(m, [])) for r in records.values()) for m in methods
+    }
     write_json(out / "metrics.json", data)
     write_csv(out / "metrics.csv", summary)
     write_plots(out, summary)
