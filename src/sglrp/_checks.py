@@ -107,9 +107,10 @@ def resolve_targets(target: TargetSpec, logits: torch.Tensor) -> torch.Tensor:
         t = t.to(device=logits.device, dtype=torch.long)
         if t.ndim == 0:
             t = t.expand(n).clone()
-        if t.ndim not in (1, 2) or t.shape[0] != n:
+        if t.ndim not in (1, 2) or t.shape[0] != n or (t.ndim == 2 and t.shape[1] == 0):
             raise ValueError(
-                f"target must have length N = {n} (or shape (N, K) for K targets per image), "
+                f"target must have length N = {n} (or shape (N, K), K >= 1, for K targets "
+                "per image), "
                 f"got shape {tuple(t.shape)}"
             )
     if t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):

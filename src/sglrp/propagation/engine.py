@@ -90,6 +90,9 @@ class RuleState:
     x: Tensor | None = None  # kept only where the backward needs the input itself
     bounds: tuple[Tensor, Tensor] | None = None
     name: str = ""
+    #: shared with the run; ``last_pass[0]`` is True during the final backward pass, which
+    #: may consume the ratios in place and free them
+    last_pass: list[bool] = field(default_factory=lambda: [True])
 
     def active_terms(self) -> list:
         return [t for t in self.rule.terms if self._branch_active(t.branch)]
@@ -200,9 +203,11 @@ class RuleState:
         scaled: dict[int, Tensor] = {}
         total = None
         relevance_form = self.rule.relevance_form
+        final = self.last_pass[0]
         for term in self.active_terms():
             if term.group not in scaled:
-                scaled[term.group] = grad * self.ratios[term.group]
+                ratio = self.ratios[term.group]
+                scaled[term.group] = ratio.mul_(grad) if final else grad * ratio
             branch = self.rule.branches[term.branch]
             part = self.op.input_grad(
                 scaled[term.group] * term.coef if term.coef != 1.0 else scaled[term.group],
@@ -216,6 +221,8 @@ class RuleState:
             elif branch.inputs == "neg":
                 part = part * (self.x < 0)
             total = part if total is None else total.add_(part)
+        if final:
+            self.ratios = []
         if relevance_form:
             return None, total
         return total, None
@@ -264,6 +271,47 @@ class _FusedRelu(torch.autograd.Function):
         return grad
 
 
+class _MaxPoolIndices(torch.autograd.Function):
+    """2-D max pooling that keeps only the indices for its backward (not its input)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, kernel_size, stride, padding, dilation, ceil_mode) -> Tensor:
+        out, indices = torch.nn.functional.max_pool2d(
+            x, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode, return_indices=True
+        )
+        ctx.save_for_backward(indices)
+        ctx.input_shape = x.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (indices,) = ctx.saved_tensors
+        shape = ctx.input_shape
+        flat = grad.new_zeros(*shape[:-2], shape[-2] * shape[-1])
+        flat.scatter_add_(-1, indices.flatten(-2), grad.flatten(-2))
+        return flat.view(shape), None, None, None, None, None
+
+
+def _max_pool_args(args: tuple, kwargs: dict) -> tuple | None:
+    """(x, kernel, stride, padding, dilation, ceil_mode) of a max_pool2d call, or None."""
+    names = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode")
+    bound = dict(zip(names, args, strict=False))
+    bound.update({k: v for k, v in kwargs.items() if k != "return_indices"})
+    if kwargs.get("return_indices") or len(args) > 6 or "input" not in bound:
+        return None
+    if "kernel_size" not in bound or bound["input"].ndim not in (3, 4):
+        return None
+    stride = bound.get("stride") or bound["kernel_size"]
+    return (
+        bound["input"],
+        bound["kernel_size"],
+        stride,
+        bound.get("padding", 0),
+        bound.get("dilation", 1),
+        bool(bound.get("ceil_mode", False)),
+    )
+
+
 _INPLACE_RELUS = {torch.relu_, Tensor.relu_}
 _RELUS = {torch.nn.functional.relu, torch.relu, Tensor.relu, *_INPLACE_RELUS}
 _METADATA = {"size", "dim", "numel", "__get__", "stride", "is_contiguous", "element_size"}
@@ -274,7 +322,8 @@ class _ReluFusion(torch.overrides.TorchFunctionMode):
 
     The ratio then carries the ReLU's mask, so the ReLU needs to save nothing for its
     backward: this halves what the backward pass keeps per layer. A rule output that is
-    used by anything else first is left alone.
+    used by anything else first is left alone. Max pooling keeps only its indices, so the
+    activations between rule layers are not kept alive for the backward pass.
     """
 
     def __init__(self) -> None:
@@ -297,7 +346,11 @@ class _ReluFusion(torch.overrides.TorchFunctionMode):
                 if value._version == version:
                     state.mask_ratios(value > 0)
                     return _FusedRelu.apply(value)
-        elif self.fresh and getattr(func, "__name__", "") not in _METADATA:
+        elif getattr(func, "__name__", "") == "max_pool2d":
+            pool = _max_pool_args(args, kwargs)
+            if pool is not None and pool[0].requires_grad:
+                return _MaxPoolIndices.apply(*pool)
+        if self.fresh and getattr(func, "__name__", "") not in _METADATA:
             for arg in (*args, *kwargs.values()):
                 for item in arg if isinstance(arg, list | tuple) else (arg,):
                     if isinstance(item, Tensor):
@@ -501,6 +554,7 @@ class Propagator:
                 nonneg=nonneg,
                 ratios=[],
                 name=name,
+                last_pass=state.last_pass,
             )
             if rule.relevance_form or (not nonneg and _needs_sign(rule)):
                 node_state.x = layer_input.detach()
@@ -636,6 +690,7 @@ class Propagator:
                 grad_out = torch.where(z == 0, torch.zeros_like(z), vector / z)
             for sink in taps.values():
                 sink.clear()
+            state.last_pass[0] = k == len(vectors) - 1
             grads = torch.autograd.grad(
                 logits,
                 inputs,
@@ -676,6 +731,7 @@ def _needs_sign(rule: Rule) -> bool:
 @dataclass
 class _RunState:
     x_in: Tensor
+    last_pass: list[bool] = field(default_factory=lambda: [True])
     first_seen: bool = False
     first_input: Tensor | None = None
     last: tuple | None = None
