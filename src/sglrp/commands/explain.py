@@ -250,6 +250,12 @@ def _load_shipped(name: str, num_classes: int | None) -> LoadedModel:
     from sglrp import models
 
     fn = getattr(models, "pretrained", None)
+    listed = getattr(models, "available_pretrained", None)
+    if callable(fn) and callable(listed) and name not in listed():
+        raise FileNotFoundError(
+            f"the shipped weights of {name} are not installed; train them with `sglrp train` "
+            f"or pass --weights FILE"
+        )
     if callable(fn):
         obj = fn(name)
         model = obj if isinstance(obj, nn.Module) else getattr(obj, "model", None)
