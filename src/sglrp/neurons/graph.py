@@ -541,7 +541,7 @@ def draw_graph(
     *,
     title: str | None = None,
     dpi: float = 150,
-    max_width: float = 8.0,
+    max_width: float = 6.0,
 ):
     """Layered drawing: one column per layer (input left, output right).
 
@@ -563,10 +563,10 @@ def draw_graph(
     depths = sorted(columns)
     tallest = max(len(v) for v in columns.values())
     fig_w = max(6.0, 0.95 * len(depths) + 1.5)
-    fig_h = max(3.5, 0.42 * tallest + 2.2)
+    fig_h = max(3.0, 0.5 * tallest + 1.6)
     fig = Figure(figsize=(fig_w, fig_h), dpi=dpi)
     FigureCanvasAgg(fig)
-    ax = fig.add_axes((0.03, 0.2, 0.94, 0.68))
+    ax = fig.add_axes((0.02, 0.08, 0.96, 0.82))
     pos: dict[str, tuple[float, float]] = {}
     for d in depths:
         nodes = sorted(columns[d], key=lambda n: -graph.nodes[n]["relevance"])
@@ -632,9 +632,9 @@ def draw_graph(
     names = {int(data["depth"]): str(data["layer"]) for _, data in graph.nodes(data=True)}
     names[max(depths)] = f"output\n{graph.graph.get('target_name', '')}"
     for d in depths:
-        ax.text(d, lows - 0.9, names[d], ha="right", va="top", rotation=40, fontsize=7.5)
+        ax.text(d, lows - 0.6, names[d], ha="center", va="top", fontsize=7)
     ax.set_xlim(min(depths) - 0.6, max(depths) + 0.6)
-    ax.set_ylim(lows - 0.7, highs + 0.7)
+    ax.set_ylim(lows - 1.3, highs + 0.6)
     ax.axis("off")
     if title is None:
         prob = graph.graph.get("probability")
