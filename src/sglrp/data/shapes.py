@@ -57,20 +57,22 @@ CLASSES: tuple[str, ...] = (
 )
 """Class names; a class index is a position in this tuple."""
 
-SPLITS: tuple[str, ...] = ("train", "single", "multi")
+SPLITS: tuple[str, ...] = ("train", "single", "multi", "train_multi")
 """``train`` and ``single``: one object per image (different random streams, so ``single``
 is held out from ``train`` for the same seed); ``multi``: 2 or 3 objects of distinct classes
-with partial occlusion."""
+with partial occlusion; ``train_multi``: like ``multi`` but its own random stream, for
+training (so ``multi`` stays held out)."""
 
 # Per-channel statistics of the "train" split in [0, 1] units (``dataset_stats("train",
 # 6000, seed=0)``, rounded); used by ``to_tensor`` for normalisation.
 MEAN: tuple[float, float, float] = (0.5013, 0.5013, 0.5017)
 STD: tuple[float, float, float] = (0.2912, 0.2912, 0.2901)
 
-_SPLIT_CODE = {"train": 11, "single": 23, "multi": 37}
+_SPLIT_CODE = {"train": 11, "single": 23, "multi": 37, "train_multi": 41}
+_MULTI = ("multi", "train_multi")
 # Scale (pixels per shape unit) as a fraction of the image size.
 _SCALE_SINGLE = (0.14, 0.31)
-_SCALE_MULTI = (0.14, 0.23)
+_SCALE_MULTI = {2: (0.16, 0.27), 3: (0.14, 0.22)}
 _ASPECT = (0.87, 1.15)
 _MIN_VISIBLE = 0.8  # multi split: each object keeps at least this fraction of its pixels
 _RADIUS = 1.16  # every shape fits in a disc of this radius (shape units)
@@ -322,12 +324,12 @@ def _balanced_label(split: str, index: int, seed: int) -> int:
 def _make(split: str, index: int, seed: int, size: int, num_objects: int | None) -> Sample:
     rng = np.random.default_rng([seed, _SPLIT_CODE[split], 0, index])
     first = _balanced_label(split, index, seed)
-    if split == "multi":
+    if split in _MULTI:
         k = num_objects if num_objects is not None else 2 + index % 2
         others = [c for c in range(len(CLASSES)) if c != first]
         labels = [first] + [int(c) for c in rng.choice(others, size=k - 1, replace=False)]
         labels = [labels[i] for i in rng.permutation(k)]
-        scale_range = _SCALE_MULTI
+        scale_range = _SCALE_MULTI[k]
     else:
         labels = [first]
         scale_range = _SCALE_SINGLE
@@ -356,7 +358,7 @@ def _make(split: str, index: int, seed: int, size: int, num_objects: int | None)
         ObjectAnnotation(obj.label, CLASSES[obj.label], _bbox(vis), vis)
         for obj, vis in zip(placed, visible, strict=True)
     ]
-    return Sample(image, objects, labels[0] if split != "multi" else None)
+    return Sample(image, objects, None if split in _MULTI else labels[0])
 
 
 def _check_args(split: str, n: int, seed: int, size: int, start: int) -> None:
@@ -383,7 +385,8 @@ def generate(
     Parameters
     ----------
     split
-        ``"train"``, ``"single"`` (held-out single-object images) or ``"multi"``.
+        ``"train"``, ``"single"`` (held-out single-object images), ``"multi"`` (held-out
+        multi-object images) or ``"train_multi"`` (multi-object images for training).
     n
         Number of images. Labels are balanced: each block of ``len(CLASSES)`` consecutive
         images holds every class once as its (first) label.
@@ -395,7 +398,7 @@ def generate(
         Index of the first image: image ``i`` depends only on ``(split, start + i, seed,
         size)``, so ``generate(s, 10, start=5)`` equals ``generate(s, 15)[5:]``.
     num_objects
-        ``multi`` only: 2 or 3 objects per image; ``None`` alternates 2 and 3.
+        Multi-object splits only: 2 or 3 objects per image; ``None`` alternates 2 and 3.
 
     Returns
     -------
@@ -403,8 +406,8 @@ def generate(
     """
     _check_args(split, n, seed, size, start)
     if num_objects is not None:
-        if split != "multi":
-            raise ValueError("num_objects applies to split='multi' only; drop it")
+        if split not in _MULTI:
+            raise ValueError("num_objects applies to the multi-object splits only; drop it")
         if num_objects not in (2, 3):
             raise ValueError(f"num_objects must be 2, 3 or None, got {num_objects!r}")
     return [_make(split, start + i, int(seed), int(size), num_objects) for i in range(n)]
@@ -503,7 +506,7 @@ class ShapesDataset(Dataset):
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         _check_args(split, n, seed, size, start)
-        if split == "multi":
+        if split in _MULTI:
             raise ValueError(
                 "ShapesDataset holds single-object images (split 'train' or 'single'); "
                 "use generate('multi', ...) for multi-object images"

@@ -1,4 +1,190 @@
-"""Placeholder: being written."""
-PretrainedModel = None
-available_pretrained = None
-pretrained = None
+"""Trained reference models shipped with the package (``sglrp/weights``).
+
+Each model ``NAME`` is two files: ``NAME.pt`` (a ``state_dict``, float32 or float16) and
+``NAME.json`` (architecture, class names, normalisation, input size, the SHA-256 of the
+``.pt`` file and the training log), both written by :func:`sglrp.train.train`. The checksum
+is verified on every load.
+
+>>> from sglrp.models import pretrained
+>>> pm = pretrained("shapes_vgg")
+>>> logits = pm.model(pm.preprocess(images))  # images: uint8 (N, 64, 64, 3) or PIL images
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from .small import shapes_resnet, shapes_vgg
+
+__all__ = ["PretrainedModel", "available_pretrained", "pretrained"]
+
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "shapes_vgg": shapes_vgg,
+    "shapes_resnet": shapes_resnet,
+}
+
+
+@dataclass
+class PretrainedModel:
+    """A trained model with everything needed to feed it.
+
+    Attributes
+    ----------
+    name
+        Name passed to :func:`pretrained`.
+    model
+        The network in eval mode (float32, CPU).
+    classes
+        Class names, indexed like the logits.
+    mean, std
+        Per-channel normalisation (in [0, 1] units) applied by :meth:`preprocess`.
+    input_size
+        ``(3, H, W)`` the model was trained on.
+    metadata
+        The full ``NAME.json`` content (training settings and log).
+    """
+
+    name: str
+    model: nn.Module
+    classes: tuple[str, ...]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    input_size: tuple[int, int, int]
+    metadata: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def preprocess(self, images: Any) -> torch.Tensor:
+        """Map images to a normalised float32 batch ``(N, 3, H, W)``.
+
+        Parameters
+        ----------
+        images
+            A PIL image, a ``uint8`` array ``(H, W, 3)`` or ``(N, H, W, 3)``, or a list of
+            those. Images of another size are resized (bilinear) to ``input_size``.
+        """
+        items = images if isinstance(images, (list, tuple)) else [images]
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            items = list(images)
+        if not items:
+            raise ValueError("images is empty; pass at least one image")
+        _, h, w = self.input_size
+        arrays = []
+        for item in items:
+            if isinstance(item, Image.Image):
+                pil = item.convert("RGB")
+            else:
+                arr = np.asarray(item)
+                if arr.ndim != 3 or arr.shape[-1] != 3:
+                    raise ValueError(
+                        f"each image must be (H, W, 3) RGB, got shape {arr.shape}; "
+                        "pass (N, H, W, 3) arrays or PIL images"
+                    )
+                if arr.dtype != np.uint8:
+                    raise ValueError(
+                        f"images must have dtype uint8 (0-255), got {arr.dtype}; "
+                        "convert with np.clip(x, 0, 255).astype(np.uint8)"
+                    )
+                if arr.shape[:2] == (h, w):
+                    arrays.append(arr)
+                    continue
+                pil = Image.fromarray(arr, "RGB")
+            if pil.size != (w, h):
+                pil = pil.resize((w, h), Image.BILINEAR)
+            arrays.append(np.asarray(pil, dtype=np.uint8))
+        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
+        return ((batch - mean) / std).contiguous()
+
+
+def _read(root: str | os.PathLike | None, filename: str) -> bytes | None:
+    """Bytes of ``filename`` in ``root`` (default: the package's weights), or ``None``."""
+    if root is None:
+        entry = resources.files("sglrp").joinpath("weights", filename)
+        return entry.read_bytes() if entry.is_file() else None
+    path = Path(root) / filename
+    return path.read_bytes() if path.is_file() else None
+
+
+def available_pretrained(root: str | os.PathLike | None = None) -> list[str]:
+    """Names of the models that have both ``NAME.json`` and ``NAME.pt`` (sorted)."""
+    if root is None:
+        folder = resources.files("sglrp").joinpath("weights")
+        if not folder.is_dir():
+            return []
+        names = [entry.name for entry in folder.iterdir()]
+    else:
+        if not Path(root).is_dir():
+            return []
+        names = [p.name for p in Path(root).iterdir()]
+    stems = {n[:-5] for n in names if n.endswith(".json")}
+    return sorted(s for s in stems if f"{s}.pt" in names)
+
+
+def pretrained(name: str, *, root: str | os.PathLike | None = None) -> PretrainedModel:
+    """Load a shipped (or ``root``-folder) model after verifying its checksum.
+
+    Parameters
+    ----------
+    name
+        One of :func:`available_pretrained` (``"shapes_vgg"``, ``"shapes_resnet"``).
+    root
+        Folder holding ``NAME.json`` and ``NAME.pt`` (e.g. the output of ``sglrp train``);
+        ``None`` uses the weights shipped in the package.
+
+    Returns
+    -------
+    PretrainedModel
+    """
+    available = available_pretrained(root)
+    if name not in available:
+        where = "the package" if root is None else str(root)
+        raise ValueError(
+            f"unknown pretrained model {name!r} in {where}; available: "
+            f"{', '.join(available) or 'none'}"
+        )
+    meta = json.loads(_read(root, f"{name}.json").decode("utf-8"))
+    weights_name = meta.get("weights", f"{name}.pt")
+    data = _read(root, weights_name)
+    if data is None:
+        raise FileNotFoundError(f"weights file {weights_name} of {name!r} is missing")
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != meta.get("sha256"):
+        raise ValueError(
+            f"checksum mismatch for {weights_name}: sha256 {digest[:12]}... but {name}.json "
+            f"expects {str(meta.get('sha256'))[:12]}...; the file is corrupted or was replaced "
+            "- reinstall sglrp or retrain with `sglrp train`"
+        )
+    arch = meta.get("architecture")
+    if arch not in ARCHITECTURES:
+        raise ValueError(
+            f"{name}.json names unknown architecture {arch!r}; "
+            f"known: {', '.join(ARCHITECTURES)} - upgrade sglrp"
+        )
+    classes = tuple(meta["classes"])
+    model = ARCHITECTURES[arch](num_classes=len(classes), **meta.get("model_kwargs", {}))
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    return PretrainedModel(
+        name=name,
+        model=model,
+        classes=classes,
+        mean=tuple(float(m) for m in meta["mean"]),
+        std=tuple(float(s) for s in meta["std"]),
+        input_size=tuple(int(v) for v in meta["input_size"]),
+        metadata=meta,
+    )

@@ -1,0 +1,366 @@
+"""Train the shape models on freshly generated images (every step sees new samples).
+
+``train("shapes_vgg", "weights/shapes_vgg.pt")`` writes, each atomically and after every
+epoch (so an interrupted run leaves a usable checkpoint):
+
+* ``<out>``: the ``state_dict`` (``torch.save``; float32, or float16 with ``half=True``),
+* ``<out stem>.json``: metadata (classes, mean, std, input size, sha256 of the weights file,
+  the training settings and the per-epoch log),
+* ``<out stem>.csv``: the per-epoch log (loss, accuracies, learning rate, time).
+
+Each batch mixes single-object ``train`` images (one-hot targets) with 2-3 object
+``train_multi`` images (target ``1/k`` on each present class), see ``multi_fraction``.
+Validation uses held-out images: the ``single`` split and 2-object ``multi`` images, whose
+random streams differ from the ``train`` split's.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .data import CLASSES, MEAN, STD, generate, to_tensor
+from .io import atomic_open, atomic_path, write_json
+from .models.small import shapes_resnet, shapes_vgg
+
+__all__ = ["MODELS", "evaluate_accuracy", "sha256_file", "train"]
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "shapes_vgg": shapes_vgg,
+    "shapes_resnet": shapes_resnet,
+}
+"""Model builders that :func:`train` accepts, by name."""
+
+VALIDATION_SEED_OFFSET = 1000
+"""Validation images use ``seed + VALIDATION_SEED_OFFSET`` (and held-out splits)."""
+
+_LOG_FIELDS = (
+    "epoch",
+    "steps",
+    "images",
+    "train_loss",
+    "train_acc",
+    "val_single_acc",
+    "val_multi_top2",
+    "lr",
+    "seconds",
+)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def evaluate_accuracy(
+    model: nn.Module,
+    single: list | None = None,
+    multi: list | None = None,
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """Accuracy figures of ``model`` (put in eval mode) on generated samples.
+
+    Parameters
+    ----------
+    model
+        Classifier taking normalised ``(N, 3, H, W)`` batches (see :func:`sglrp.data.to_tensor`).
+    single
+        Single-object samples: top-1 accuracy (``single_top1``).
+    multi
+        Multi-object samples: the fraction of images whose ``k`` present classes are exactly
+        the ``k`` most probable ones (``multi_topk``), ``k`` = objects in the image.
+    batch_size
+        Images per forward pass.
+
+    Returns
+    -------
+    dict
+        ``single_top1`` and/or ``multi_topk`` (fractions in [0, 1]).
+    """
+    was_training = model.training
+    model.eval()
+    out: dict[str, float] = {}
+    try:
+        if single:
+            hits = 0
+            for i in range(0, len(single), batch_size):
+                chunk = single[i : i + batch_size]
+                pred = model(to_tensor(np.stack([s.image for s in chunk]))).argmax(1)
+                hits += int((pred == torch.tensor([s.label for s in chunk])).sum())
+            out["single_top1"] = hits / len(single)
+        if multi:
+            hits = 0
+            for i in range(0, len(multi), batch_size):
+                chunk = multi[i : i + batch_size]
+                logits = model(to_tensor(np.stack([s.image for s in chunk])))
+                hits += _topk_hits(logits, chunk)
+            out["multi_topk"] = hits / len(multi)
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _soft_targets(batch: list, num_classes: int) -> torch.Tensor:
+    """Target distributions: ``1/k`` on each of the ``k`` classes present in an image."""
+    target = torch.zeros(len(batch), num_classes)
+    for row, sample in enumerate(batch):
+        labels = sample.labels
+        target[row, labels] = 1.0 / len(labels)
+    return target
+
+
+def _topk_hits(logits: torch.Tensor, batch: list) -> int:
+    """Images whose ``k`` present classes are exactly the ``k`` most probable ones."""
+    hits = 0
+    for row, sample in zip(logits, batch, strict=True):
+        k = len(sample.objects)
+        hits += int(set(row.topk(k).indices.tolist()) == set(sample.labels))
+    return hits
+
+
+def _state_bytes(model: nn.Module, half: bool) -> bytes:
+    state = {}
+    for key, value in model.state_dict().items():
+        value = value.detach().cpu().contiguous()
+        if half and value.is_floating_point():
+            value = value.half()
+        state[key] = value.clone()
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def _write_csv(path: Path, log: list[dict[str, Any]]) -> None:
+    with atomic_open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=_LOG_FIELDS)
+        writer.writeheader()
+        writer.writerows(log)
+
+
+def train(
+    model_name: str,
+    out_path: str | os.PathLike,
+    *,
+    epochs: int = 10,
+    steps_per_epoch: int = 200,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    weight_decay: float = 5e-4,
+    seed: int = 0,
+    size: int = 64,
+    threads: int | None = 2,
+    val_single: int = 600,
+    val_multi: int = 300,
+    multi_fraction: float = 0.5,
+    half: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+    model_kwargs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train ``model_name`` on generated ``train`` images and write weights, metadata and log.
+
+    Parameters
+    ----------
+    model_name
+        A key of :data:`MODELS` (``"shapes_vgg"`` or ``"shapes_resnet"``).
+    out_path
+        Weights file to write (``.pt``); the ``.json`` metadata and ``.csv`` log go beside it.
+    epochs, steps_per_epoch, batch_size
+        Training length; every step draws ``batch_size`` new images (no image repeats).
+    lr, weight_decay
+        AdamW peak learning rate (one-cycle schedule) and weight decay.
+    seed
+        Seeds the model initialisation, dropout and the image stream.
+    size
+        Image side in pixels.
+    threads
+        ``torch.set_num_threads`` value during training (``None``: leave unchanged).
+    val_single, val_multi
+        Held-out single-object and 2-object images evaluated after each epoch (0: skip).
+    multi_fraction
+        Fraction of each batch drawn from the ``train_multi`` split (2 or 3 objects, soft
+        target ``1/k`` on each present class); the rest are ``train`` single-object images.
+        Without it, a softmax trained on single objects suppresses the second object.
+    half
+        Store the weights as float16 (loaded back as float32 by ``sglrp.models.pretrained``).
+    progress
+        Show a tqdm progress bar.
+    log
+        Called with one line per epoch (``None``: silent).
+    model_kwargs
+        Extra keyword arguments for the model builder.
+
+    Returns
+    -------
+    dict
+        The metadata written to the ``.json`` file.
+    """
+    if model_name not in MODELS:
+        raise ValueError(f"unknown model {model_name!r}; choose one of {', '.join(MODELS)}")
+    for name, value in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not isinstance(batch_size, int) or batch_size < 2:
+        raise ValueError(f"batch_size must be an int >= 2, got {batch_size!r}")
+    if not 0.0 <= multi_fraction < 1.0:
+        raise ValueError(f"multi_fraction must be in [0, 1), got {multi_fraction!r}")
+    n_multi = int(round(batch_size * multi_fraction))
+    n_single = batch_size - n_multi
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr!r}")
+    out_path = Path(out_path)
+    if out_path.suffix != ".pt":
+        raise ValueError(f"out_path must end in .pt, got {str(out_path)!r}; e.g. model.pt")
+    meta_path, csv_path = out_path.with_suffix(".json"), out_path.with_suffix(".csv")
+
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        torch.manual_seed(seed)
+        model = MODELS[model_name](num_classes=len(CLASSES), **(model_kwargs or {}))
+        model = model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        total = epochs * steps_per_epoch
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=lr, total_steps=total, pct_start=0.15, div_factor=20.0
+        )
+        vseed = seed + VALIDATION_SEED_OFFSET
+        v_single = generate("single", val_single, vseed, size) if val_single else []
+        v_multi = generate("multi", val_multi, vseed, size, num_objects=2) if val_multi else []
+        settings = {
+            "model": model_name,
+            "epochs": epochs,
+            "steps_per_epoch": steps_per_epoch,
+            "batch_size": batch_size,
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "seed": seed,
+            "size": size,
+            "multi_fraction": multi_fraction,
+            "threads": threads,
+            "model_kwargs": model_kwargs or {},
+            "data": f"per step {n_single} new 'train' and {n_multi} new 'train_multi' images "
+            f"(seed {seed}); validation: 'single' and 2-object 'multi' images (seed {vseed})",
+        }
+        history: list[dict[str, Any]] = []
+        start_time = time.perf_counter()
+        step = 0
+        meta: dict[str, Any] = {}
+        for epoch in range(1, epochs + 1):
+            model.train()
+            loss_sum, hits, seen = 0.0, 0, 0
+            bar = tqdm(
+                range(steps_per_epoch),
+                desc=f"{model_name} epoch {epoch}/{epochs}",
+                disable=not progress,
+                leave=False,
+            )
+            for _ in bar:
+                batch = generate("train", n_single, seed, size, start=step * n_single)
+                if n_multi:
+                    batch += generate("train_multi", n_multi, seed, size, start=step * n_multi)
+                x = to_tensor(np.stack([s.image for s in batch]))
+                x = x.contiguous(memory_format=torch.channels_last)
+                target = _soft_targets(batch, len(CLASSES))
+                logits = model(x)
+                loss = -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                if not math.isfinite(loss.item()):
+                    raise ValueError(
+                        f"training diverged (loss {loss.item()}) at step {step}; lower --lr"
+                    )
+                loss_sum += loss.item() * len(batch)
+                hits += _topk_hits(logits.detach(), batch)
+                seen += len(batch)
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{hits / seen:.3f}")
+            bar.close()
+            scores = evaluate_accuracy(model, v_single, v_multi)
+            entry = {
+                "epoch": epoch,
+                "steps": step,
+                "images": step * batch_size,
+                "train_loss": round(loss_sum / seen, 5),
+                "train_acc": round(hits / seen, 5),
+                "val_single_acc": round(scores.get("single_top1", float("nan")), 5),
+                "val_multi_top2": round(scores.get("multi_topk", float("nan")), 5),
+                "lr": float(f"{scheduler.get_last_lr()[0]:.3g}"),
+                "seconds": round(time.perf_counter() - start_time, 1),
+            }
+            history.append(entry)
+            if log is not None:
+                log(
+                    f"{model_name} epoch {epoch}/{epochs}: loss {entry['train_loss']:.4f} "
+                    f"train acc {entry['train_acc']:.4f} val single {entry['val_single_acc']:.4f}"
+                    f" val multi top-2 {entry['val_multi_top2']:.4f} ({entry['seconds']:.0f} s)"
+                )
+            meta = _save(model, model_name, out_path, meta_path, csv_path, settings, history, half)
+        return meta
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _save(
+    model: nn.Module,
+    model_name: str,
+    out_path: Path,
+    meta_path: Path,
+    csv_path: Path,
+    settings: dict[str, Any],
+    history: list[dict[str, Any]],
+    half: bool,
+) -> dict[str, Any]:
+    data = _state_bytes(model, half)
+    with atomic_path(out_path) as tmp:
+        tmp.write_bytes(data)
+    last = history[-1]
+    meta = {
+        "name": out_path.stem,
+        "architecture": model_name,
+        "classes": list(CLASSES),
+        "mean": list(MEAN),
+        "std": list(STD),
+        "input_size": [3, settings.get("size", 64), settings.get("size", 64)],
+        "weights": out_path.name,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
+        "dtype": "float16" if half else "float32",
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "model_kwargs": settings["model_kwargs"],
+        "training": {
+            **settings,
+            "images_seen": last["images"],
+            "seconds": last["seconds"],
+            "torch": torch.__version__,
+            "final": {k: last[k] for k in ("train_loss", "train_acc", "val_single_acc")}
+            | {"val_multi_top2": last["val_multi_top2"]},
+        },
+        "log": history,
+    }
+    _write_csv(csv_path, history)
+    write_json(meta_path, meta)
+    for path in (out_path, meta_path, csv_path):
+        path.chmod(0o644)  # temporary files are created private; these are shared artefacts
+    return meta

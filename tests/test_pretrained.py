@@ -1,0 +1,99 @@
+"""Shipped shape models: loading, checksum guard, preprocessing and accuracy floors."""
+
+from __future__ import annotations
+
+import shutil
+from importlib import resources
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sglrp.data import CLASSES, generate, to_tensor
+from sglrp.models import PretrainedModel, available_pretrained, pretrained
+
+NAMES = ("shapes_vgg", "shapes_resnet")
+WEIGHTS = resources.files("sglrp").joinpath("weights")
+HELD_OUT_SEED = 777  # differs from the training and validation streams
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module", params=NAMES)
+def loaded(request) -> PretrainedModel:
+    return pretrained(request.param)
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    single = generate("single", 200, seed=HELD_OUT_SEED)
+    multi = generate("multi", 100, seed=HELD_OUT_SEED, num_objects=2)
+    return single, multi
+
+
+def test_available():
+    assert set(NAMES) <= set(available_pretrained())
+
+
+def test_loaded_model(loaded):
+    assert not loaded.model.training
+    assert loaded.classes == CLASSES
+    assert loaded.input_size == (3, 64, 64)
+    assert len(loaded.mean) == 3 and len(loaded.std) == 3
+    assert all(p.dtype == torch.float32 for p in loaded.model.parameters())
+    assert loaded.metadata["sha256"]
+
+
+def test_weights_small():
+    total = sum(len(WEIGHTS.joinpath(f"{n}.pt").read_bytes()) for n in NAMES)
+    assert total <= 10 * 1024 * 1024
+
+
+def test_preprocess(loaded):
+    images = np.stack([s.image for s in generate("single", 3, seed=1)])
+    x = loaded.preprocess(images)
+    assert torch.allclose(x, to_tensor(images, loaded.mean, loaded.std))
+    assert torch.allclose(loaded.preprocess(list(images)), x)
+    pil = loaded.preprocess(Image.fromarray(images[0]))
+    assert torch.allclose(pil, x[:1])
+    big = Image.fromarray(images[0]).resize((128, 128))
+    assert loaded.preprocess(big).shape == (1, 3, 64, 64)
+    with pytest.raises(ValueError, match="uint8"):
+        loaded.preprocess(images.astype(np.float32))
+
+
+def test_unknown_name():
+    with pytest.raises(ValueError, match="shapes_vgg"):
+        pretrained("vgg16_imagenet")
+
+
+def test_checksum_guard(tmp_path):
+    for suffix in (".pt", ".json"):
+        shutil.copyfile(
+            str(WEIGHTS.joinpath(f"shapes_resnet{suffix}")), tmp_path / f"shapes_resnet{suffix}"
+        )
+    assert pretrained("shapes_resnet", root=tmp_path).classes == CLASSES
+    data = bytearray((tmp_path / "shapes_resnet.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "shapes_resnet.pt").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="checksum"):
+        pretrained("shapes_resnet", root=tmp_path)
+
+
+@torch.no_grad()
+def test_accuracy_floors(loaded, held_out):
+    single, multi = held_out
+    logits = loaded.model(loaded.preprocess(np.stack([s.image for s in single])))
+    top1 = (logits.argmax(1) == torch.tensor([s.label for s in single])).float().mean()
+    assert top1 >= 0.95, f"{loaded.name}: single-object top-1 {top1:.3f} < 0.95"
+    logits = loaded.model(loaded.preprocess(np.stack([s.image for s in multi])))
+    pairs = zip(logits, multi, strict=True)
+    both = np.mean([set(row.topk(2).indices.tolist()) == set(s.labels) for row, s in pairs])
+    assert both >= 0.80, f"{loaded.name}: both classes in top-2 on {both:.3f} < 0.80"

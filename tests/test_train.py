@@ -1,0 +1,99 @@
+"""Training smoke runs: files written atomically, metadata consistent, CLI wiring."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+
+import pytest
+import torch
+
+from sglrp import cli
+from sglrp.data import CLASSES
+from sglrp.models import pretrained
+from sglrp.train import train
+
+TINY = {"widths": (4, 4, 8, 8), "blocks": (1, 1, 1, 1)}
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_train_smoke(tmp_path):
+    out = tmp_path / "tiny.pt"
+    meta = train(
+        "shapes_resnet",
+        out,
+        epochs=2,
+        steps_per_epoch=2,
+        batch_size=8,
+        val_single=12,
+        val_multi=4,
+        threads=1,
+        progress=False,
+        log=None,
+        model_kwargs=TINY,
+    )
+    assert out.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.csv", "tiny.json", "tiny.pt"]
+    on_disk = json.loads((tmp_path / "tiny.json").read_text())
+    assert on_disk == json.loads(json.dumps(meta))
+    assert on_disk["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert on_disk["classes"] == list(CLASSES)
+    assert on_disk["input_size"] == [3, 64, 64]
+    assert len(on_disk["log"]) == 2 and on_disk["training"]["images_seen"] == 32
+    with open(tmp_path / "tiny.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert {"train_loss", "train_acc", "val_single_acc", "val_multi_top2"} <= set(rows[0])
+    loaded = pretrained("tiny", root=tmp_path)
+    assert not loaded.model.training
+    assert loaded.model(torch.zeros(1, 3, 64, 64)).shape == (1, len(CLASSES))
+
+
+def test_train_is_deterministic_and_half(tmp_path):
+    kwargs = dict(
+        epochs=1,
+        steps_per_epoch=1,
+        batch_size=6,
+        val_single=0,
+        val_multi=0,
+        threads=1,
+        progress=False,
+        log=None,
+        model_kwargs=TINY,
+    )
+    a = train("shapes_resnet", tmp_path / "a.pt", seed=3, **kwargs)
+    b = train("shapes_resnet", tmp_path / "b.pt", seed=3, **kwargs)
+    assert a["sha256"] == b["sha256"]
+    h = train("shapes_resnet", tmp_path / "h.pt", seed=3, half=True, **kwargs)
+    assert h["dtype"] == "float16"
+    state = torch.load(tmp_path / "h.pt", weights_only=True)
+    assert state["conv1.weight"].dtype == torch.float16
+    assert pretrained("h", root=tmp_path).model.conv1.weight.dtype == torch.float32
+
+
+def test_train_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="shapes_vgg"):
+        train("alexnet", tmp_path / "x.pt")
+    with pytest.raises(ValueError, match=".pt"):
+        train("shapes_vgg", tmp_path / "x.bin")
+    with pytest.raises(ValueError, match="multi_fraction"):
+        train("shapes_vgg", tmp_path / "x.pt", multi_fraction=1.0)
+
+
+def test_cli_train(tmp_path, capsys):
+    out = tmp_path / "cli.pt"
+    args = ["train", "--model", "shapes_vgg", "--out", str(out), "--epochs", "1"]
+    args += ["--steps-per-epoch", "1", "--batch-size", "4", "--threads", "1"]
+    args += ["--val-single", "4", "--val-multi", "2", "--quiet"]
+    assert cli.main(args) == 0
+    assert out.is_file() and (tmp_path / "cli.json").is_file()
+    assert "wrote" in capsys.readouterr().out
+    assert cli.main(["train", "--model", "shapes_vgg", "--out", str(tmp_path / "x.txt")]) == 1
+    assert "error" in capsys.readouterr().err
