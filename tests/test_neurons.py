@@ -183,12 +183,16 @@ def test_bad_selection_leaves_model_unchanged():
 
 
 def test_select_fraction_and_top_k():
-    rel = {"a": torch.tensor([[5.0, -1.0, 3.0, 2.0]])}  # positive total 10
-    assert select_top_k(rel, 2)["a"].tolist() == [[True, False, True, False]]
-    assert select_fraction(rel, 0.5)["a"].tolist() == [[True, False, False, False]]
-    assert select_fraction(rel, 0.7)["a"].tolist() == [[True, False, True, False]]
-    assert select_fraction(rel, 1.0)["a"].tolist() == [[True, False, True, True]]
-    assert select_top_k(rel, 1, by="absolute")["a"].tolist() == [[True, False, False, False]]
+    rel = {"a": torch.tensor([[5.0, -4.0, 3.0, 2.0]])}  # |R| total 14, positive total 10
+    assert select_top_k(rel, 2)["a"].tolist() == [[True, True, False, False]]
+    assert select_top_k(rel, 2, by="positive")["a"].tolist() == [[True, False, True, False]]
+    pos = {"by": "positive"}
+    assert select_fraction(rel, 0.5, **pos)["a"].tolist() == [[True, False, False, False]]
+    assert select_fraction(rel, 0.7, **pos)["a"].tolist() == [[True, False, True, False]]
+    assert select_fraction(rel, 1.0, **pos)["a"].tolist() == [[True, False, True, True]]
+    assert select_fraction(rel, 0.3)["a"].tolist() == [[True, False, False, False]]
+    assert select_fraction(rel, 0.5)["a"].tolist() == [[True, True, False, False]]  # 9/14
+    assert select_fraction(rel, 1.0)["a"].tolist() == [[True, True, True, True]]
     with pytest.raises(ValueError, match="fraction"):
         select_fraction(rel, 0.0)
 

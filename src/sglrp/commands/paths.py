@@ -76,8 +76,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--by",
         choices=("positive", "absolute"),
-        default="positive",
-        help="rank neurons by their relevance (positive: for the target; default) or by |R|",
+        default="absolute",
+        help="rank neurons by |relevance| (default; reproduces signed SGLRP/CLRP maps) or by "
+        "signed relevance (positive: only neurons speaking for the target)",
     )
     p.add_argument("--method", default="sglrp", choices=_METHODS, help="output relevance")
     p.add_argument(

@@ -308,7 +308,7 @@ def critical_paths(
     k: int | Mapping[str, int] | None = 3,
     fraction: float | None = None,
     selection: Masks | None = None,
-    by: str = "positive",
+    by: str = "absolute",
     restricted: bool = True,
     class_names: Sequence[str] | None = None,
     batch_size: int = 16,

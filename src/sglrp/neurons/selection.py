@@ -119,7 +119,7 @@ def select_top_k(
     relevance: Mapping[str, Tensor] | object,
     k: int | Mapping[str, int],
     layers: Sequence[str] | None = None,
-    by: str = "positive",
+    by: str = "absolute",
 ) -> dict[str, Tensor]:
     """Keep the ``k`` most relevant neurons of each layer.
 
@@ -132,8 +132,11 @@ def select_top_k(
     layers
         Layers to select in (default: every layer in ``relevance``, or the keys of ``k``).
     by
-        ``"positive"``: largest signed relevance (the neurons speaking *for* the target);
-        ``"absolute"``: largest :math:`|R_c|`.
+        ``"absolute"`` (default): largest :math:`|R_c|`; ``"positive"``: largest signed
+        relevance (only the neurons speaking *for* the target). For LRP with z+ all neuron
+        relevance is non-negative and both agree; for SGLRP and CLRP the neurons with negative
+        relevance carry the evidence for the other classes, and the full heatmap and output
+        are only approached when they are kept too, so ``"absolute"`` is the default.
 
     Returns
     -------
@@ -158,13 +161,13 @@ def select_fraction(
     relevance: Mapping[str, Tensor] | object,
     fraction: float,
     layers: Sequence[str] | None = None,
-    by: str = "positive",
+    by: str = "absolute",
 ) -> dict[str, Tensor]:
     """Keep the smallest set of neurons holding ``fraction`` of each layer's relevance.
 
-    Neurons are taken in decreasing order of relevance until their (positive, or absolute for
-    ``by="absolute"``) relevance reaches ``fraction`` of the layer's total
-    :math:`\\sum_c \\max(R_c, 0)` (or :math:`\\sum_c |R_c|`). At least one neuron is kept.
+    Neurons are taken in decreasing order of :math:`|R_c|` (``by="absolute"``, default) or of
+    :math:`R_c` (``by="positive"``) until they hold ``fraction`` of the layer's total
+    :math:`\\sum_c |R_c|` (or :math:`\\sum_c \\max(R_c, 0)`). At least one neuron is kept.
     """
     if not 0.0 < float(fraction) <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
@@ -189,7 +192,7 @@ def select(
     k: int | Mapping[str, int] | None = None,
     fraction: float | None = None,
     layers: Sequence[str] | None = None,
-    by: str = "positive",
+    by: str = "absolute",
 ) -> dict[str, Tensor]:
     """Top-``k`` (:func:`select_top_k`) or relevance-``fraction`` (:func:`select_fraction`)."""
     if (k is None) == (fraction is None):
@@ -257,7 +260,7 @@ def selection_curve(
     rules: RulesSpec = "dtd",
     bounds: Bounds | None = None,
     *,
-    by: str = "positive",
+    by: str = "absolute",
     batch_size: int = 16,
     epsilon: float | None = None,
 ) -> SelectionCurve:
