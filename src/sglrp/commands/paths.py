@@ -80,6 +80,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="rank neurons by |relevance| (default; reproduces signed SGLRP/CLRP maps) or by "
         "signed relevance (positive: only neurons speaking for the target)",
     )
+    p.add_argument(
+        "--graph-by",
+        choices=("positive", "absolute"),
+        default="positive",
+        help="ranking of the graph's neurons (default positive: paths of relevance for the target)",
+    )
     p.add_argument("--method", default="sglrp", choices=_METHODS, help="output relevance")
     p.add_argument(
         "--target",
@@ -296,7 +302,7 @@ def run(args: argparse.Namespace) -> int:
         t,
         layers=hidden,
         k=args.graph_k,
-        by=args.by,
+        by=args.graph_by,
         class_names=names,
         batch_size=args.batch_size,
         **common,
@@ -414,6 +420,7 @@ def run(args: argparse.Namespace) -> int:
         "curves": curve.to_dict(),
         "graph": {
             "k_per_layer": args.graph_k,
+            "ranked_by": args.graph_by,
             "layers": cp.layers,
             "heaviest_path": cp.path,
             "path_shares": [

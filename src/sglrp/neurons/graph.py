@@ -18,8 +18,11 @@ layer :math:`l+1` only the selected neurons pass relevance, so the graph describ
 selected sub-network and the flows into a selected neuron add up to its relevance under
 restriction. All one-neuron passes of one image run batched.
 
-The graph has a node ``"output"`` (the method's output relevance for the target), one node
-``"<layer>:<index>"`` per selected neuron, and a node ``"input"``; edges point from the output
+The graph has a node ``"output"`` (attribute ``relevance``: the target's output relevance,
+``total_relevance``: the sum over all classes, 0 for SGLRP; its edges carry the relevance of
+the top layer's neurons), one node ``"<layer>:<index>"`` per selected neuron (``relevance``
+under restriction, ``full_relevance``, ``share`` of the layer's positive relevance) and a node
+``"input"``; edges point from the output
 towards the input and carry ``flow`` and ``share`` (the flow divided by the summed
 :math:`|flow|` between the same two layers). The heaviest path maximises the summed share from
 ``"output"`` to ``"input"``, so every layer counts equally.
@@ -308,7 +311,7 @@ def critical_paths(
     k: int | Mapping[str, int] | None = 3,
     fraction: float | None = None,
     selection: Masks | None = None,
-    by: str = "absolute",
+    by: str = "positive",
     restricted: bool = True,
     class_names: Sequence[str] | None = None,
     batch_size: int = 16,
@@ -328,6 +331,10 @@ def critical_paths(
         Which neurons form the graph: top-``k`` per layer, the smallest set holding
         ``fraction`` of each layer's relevance, or an explicit ``selection`` (layer -> bool
         (C,)); see :mod:`sglrp.neurons.selection`. ``fraction`` or ``selection`` override ``k``.
+        ``by="positive"`` (default) keeps the neurons with the largest signed relevance: as
+        z+ preserves the sign of what it redistributes, the restricted graph then carries only
+        relevance *for* the target (with SGLRP / CLRP, ``"absolute"`` also keeps neurons
+        that carry the evidence for the other classes, with negative flows).
     restricted
         Compute flows in the restricted network (only selected neurons above pass relevance).
     class_names
@@ -430,7 +437,8 @@ def _build_graph(
         method=method if isinstance(method, str) else getattr(method, "__name__", "custom"),
         layers=",".join(layers),
     )
-    out_rel = float(full.output_relevance[0].sum())
+    out_rel = float(full.output_relevance[0, t])  # the target's own output relevance
+    out_total = float(full.output_relevance[0].sum())  # all classes (0 for SGLRP)
     graph.add_node(
         "output",
         layer="output",
@@ -438,6 +446,7 @@ def _build_graph(
         depth=len(layers) + 1,
         relevance=out_rel,
         full_relevance=out_rel,
+        total_relevance=out_total,
         share=1.0,
         label=name,
         on_path=False,
@@ -619,7 +628,7 @@ def draw_graph(
             [pos[n][0]],
             [pos[n][1]],
             s=520 if special else 300,
-            c=[cmap(value)],
+            c=[(1.0, 0.85, 0.35) if special else cmap(value)],
             edgecolors="black",
             linewidths=2.0 if data.get("on_path") else 0.8,
             zorder=4,
