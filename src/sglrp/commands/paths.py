@@ -363,9 +363,11 @@ def run(args: argparse.Namespace) -> int:
         recon_layer = list(rec)
     except ValueError as err:
         notes.append(f"no DeconvNet reconstruction for {layer}: {err}")
-    shares = full.relevance[layer][0].clamp(min=0).sum()
+    shares = full.relevance[layer][0].abs().sum()
     titles = [
-        f"{layer}:{i} ({100 * float(rel[i]) / float(shares):.0f}%)" if shares > 0 else f"{i}"
+        f"{layer}:{i} ({100 * float(rel[i]) / float(shares):+.0f}%)"
+        if shares > 0
+        else f"{layer}:{i}"
         for i in shown_idx
     ]
     neuron_grid(
@@ -375,7 +377,7 @@ def run(args: argparse.Namespace) -> int:
         recon_layer,
         path=out / "neurons.png",
         title=f"top {len(shown_idx)} neurons of {layer} for '{t_name}' "
-        "(share of the layer's positive relevance)",
+        "(relevance as a share of the layer's total |relevance|)",
     )
     files["neurons"] = "neurons.png"
     path_recon: dict[str, torch.Tensor | None] = {}
