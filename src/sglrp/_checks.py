@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ._guard import preserved
+
 TargetSpec = int | str | Sequence[int] | torch.Tensor
 
 
@@ -120,3 +122,9 @@ def resolve_targets(target: TargetSpec, logits: torch.Tensor) -> torch.Tensor:
             f"(valid: 0 to {num_classes - 1})"
         )
     return t
+
+
+def model_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's checked (N, classes) logits for ``x``, without gradients, in eval mode."""
+    with preserved(model), torch.no_grad():
+        return check_logits(model(x), x.shape[0])

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from ._checks import TargetSpec, check_input, check_logits, check_model, resolve_targets
+from ._checks import TargetSpec, check_input, check_model, model_logits, resolve_targets
 from ._guard import preserved
 from .presets import Bounds
 from .propagation import OUTPUT_RELEVANCE, RulesSpec, propagate
@@ -27,11 +27,6 @@ def _method_registry() -> dict[str, Callable]:
 def available_methods() -> list[str]:
     """Names accepted by ``explain(method=...)``."""
     return [*LRP_METHODS, *_method_registry()]
-
-
-def _logits(model: nn.Module, x: Tensor) -> Tensor:
-    with preserved(model), torch.no_grad():
-        return check_logits(model(x), x.shape[0])
 
 
 def explain(
@@ -84,7 +79,7 @@ def explain(
         if options:
             raise TypeError(f"unexpected options for {method!r}: {', '.join(options)}")
         if variant == "authors" and method == "sglrp":
-            targets = resolve_targets(target, _logits(model, x))
+            targets = resolve_targets(target, model_logits(model, x))
             return _sglrp_authors(model, x, targets, rules, bounds, epsilon)
         if variant != "paper":
             raise ValueError(f"unknown variant {variant!r}; use 'paper' or 'authors' (SGLRP only)")
@@ -93,7 +88,7 @@ def explain(
     if method not in methods:
         raise ValueError(f"unknown method {method!r}; available: {', '.join(available_methods())}")
     fn = methods[method]
-    targets = resolve_targets(target, _logits(model, x))
+    targets = resolve_targets(target, model_logits(model, x))
     if method in _RULE_METHODS:
         options = {"rules": rules, "bounds": bounds, **options}
     with preserved(model):

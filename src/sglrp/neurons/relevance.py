@@ -25,7 +25,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .._checks import TargetSpec, check_input, check_logits, check_model, resolve_targets
+from .._checks import (
+    TargetSpec,
+    check_input,
+    check_logits,
+    check_model,
+    model_logits,
+    resolve_targets,
+)
 from .._guard import HookSet, preserved
 from ..presets import Bounds, resolve_rules
 from ..propagation import PropagationResult, Propagator, RulesSpec, propagate
@@ -398,16 +405,11 @@ def restricted_relevance(
     """
     check_model(model)
     check_input(x)
-    logits = _logits(model, x)
+    logits = model_logits(model, x)
     targets = resolve_targets(target, logits)
     return propagate_masked(
         model, x, targets, selection, method, rules, bounds, epsilon=epsilon
     ).input_relevance
-
-
-def _logits(model: nn.Module, x: Tensor) -> Tensor:
-    with preserved(model), torch.no_grad():
-        return check_logits(model(x), x.shape[0])
 
 
 def ablated_logits(
