@@ -269,15 +269,20 @@ def _channels(channel: int | Sequence[int] | Tensor, n: int, width: int) -> tupl
     return out, single
 
 
-def deconvnet_display(reconstruction: Tensor) -> np.ndarray:
-    """Reconstructions as RGB images in [0, 1]: grey is zero, :math:`0.5 + r / (2 \\max|r|)`.
+def deconvnet_display(reconstruction: Tensor, percentile: float = 99.5) -> np.ndarray:
+    """Reconstructions as RGB images in [0, 1]: grey is zero, :math:`0.5 + r / (2 s)`.
 
-    ``reconstruction`` (..., 3, H, W) gives (..., H, W, 3); each image uses its own scale.
+    ``s`` is the ``percentile`` of :math:`|r|` over each image (100: its maximum); values
+    beyond it saturate, so that a few extreme pixels do not leave the rest flat grey.
+    ``reconstruction`` (..., C, H, W) gives (..., H, W, 3); each image uses its own scale.
     """
+    if not 0.0 < float(percentile) <= 100.0:
+        raise ValueError(f"percentile must be in (0, 100], got {percentile!r}")
     r = reconstruction.detach().cpu().double()
     if r.ndim < 3:
         raise ValueError(f"reconstruction must be (..., C, H, W), got {tuple(r.shape)}")
-    scale = r.flatten(-3).abs().amax(dim=-1)[..., None, None, None]
+    scale = torch.quantile(r.flatten(-3).abs(), float(percentile) / 100.0, dim=-1)
+    scale = scale[..., None, None, None]
     shown = torch.where(scale > 0, 0.5 + r / (2 * scale.clamp(min=1e-300)), 0.5)
     if shown.shape[-3] == 1:
         shown = shown.expand(*shown.shape[:-3], 3, *shown.shape[-2:])

@@ -172,7 +172,7 @@ def error_curves(
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import FuncFormatter
 
     from ..viz import _save_figure
 
@@ -210,7 +210,7 @@ def error_curves(
             ax.set_ylim(bottom=0)
         if len(ks) > 1 and ks[-1] / ks[0] > 20:
             ax.set_xscale("log")
-            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set_title(what, fontsize=9)
         ax.set_ylabel(ylabel, fontsize=8)
         ax.set_xlabel(f"k (top neurons kept at {', '.join(curve.layers)})", fontsize=8)
