@@ -22,7 +22,7 @@ import io
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
 from .data import CLASSES, MEAN, STD, generate, to_tensor
@@ -111,7 +112,7 @@ def evaluate_accuracy(
             for i in range(0, len(multi), batch_size):
                 chunk = multi[i : i + batch_size]
                 logits = model(to_tensor(np.stack([s.image for s in chunk])))
-                hits += _topk_hits(logits, chunk)
+                hits += _topk_hits(logits, _soft_targets(chunk, logits.shape[1]))
             out["multi_topk"] = hits / len(multi)
     finally:
         model.train(was_training)
@@ -127,13 +128,51 @@ def _soft_targets(batch: list, num_classes: int) -> torch.Tensor:
     return target
 
 
-def _topk_hits(logits: torch.Tensor, batch: list) -> int:
-    """Images whose ``k`` present classes are exactly the ``k`` most probable ones."""
+def _topk_hits(logits: torch.Tensor, target: torch.Tensor) -> int:
+    """Images whose ``k`` present classes (``target > 0``) are the ``k`` most probable ones."""
+    present = target > 0
+    k = present.sum(dim=1)
     hits = 0
-    for row, sample in zip(logits, batch, strict=True):
-        k = len(sample.objects)
-        hits += int(set(row.topk(k).indices.tolist()) == set(sample.labels))
+    for row, mask, count in zip(logits, present, k.tolist(), strict=True):
+        hits += int(bool(mask[row.topk(count).indices].all()))
     return hits
+
+
+class _BatchStream(IterableDataset):
+    """Training batches ``(x, soft target)`` for steps ``first ... first + steps - 1``.
+
+    Step ``t`` holds ``train`` images ``t * n_single ...`` and ``train_multi`` images
+    ``t * n_multi ...``, so the stream does not depend on the number of loader workers.
+    """
+
+    def __init__(
+        self, seed: int, size: int, n_single: int, n_multi: int, first: int, steps: int
+    ) -> None:
+        super().__init__()
+        self.seed, self.size = seed, size
+        self.n_single, self.n_multi = n_single, n_multi
+        self.first, self.steps = first, steps
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for step in range(self.first, self.first + self.steps):
+            batch = generate(
+                "train", self.n_single, self.seed, self.size, start=step * self.n_single
+            )
+            if self.n_multi:
+                batch += generate(
+                    "train_multi", self.n_multi, self.seed, self.size, start=step * self.n_multi
+                )
+            x = to_tensor(np.stack([s.image for s in batch]))
+            yield x, _soft_targets(batch, len(CLASSES))
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 5)
+
+
+def fmt(value: float | None) -> str:
+    """``value`` with 4 decimals, or ``n/a`` for a metric that was not measured."""
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def _state_bytes(model: nn.Module, half: bool) -> bytes:
@@ -167,9 +206,10 @@ def train(
     seed: int = 0,
     size: int = 64,
     threads: int | None = 2,
+    workers: int = 0,
     val_single: int = 600,
     val_multi: int = 300,
-    multi_fraction: float = 0.5,
+    multi_fraction: float = 0.6,
     half: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
@@ -193,6 +233,8 @@ def train(
         Image side in pixels.
     threads
         ``torch.set_num_threads`` value during training (``None``: leave unchanged).
+    workers
+        Loader processes generating images while the model trains (0: generate in-process).
     val_single, val_multi
         Held-out single-object and 2-object images evaluated after each epoch (0: skip).
     multi_fraction
@@ -224,6 +266,8 @@ def train(
         raise ValueError(f"multi_fraction must be in [0, 1), got {multi_fraction!r}")
     n_multi = int(round(batch_size * multi_fraction))
     n_single = batch_size - n_multi
+    if not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers must be a non-negative int, got {workers!r}")
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr!r}")
     out_path = Path(out_path)
@@ -257,6 +301,7 @@ def train(
             "size": size,
             "multi_fraction": multi_fraction,
             "threads": threads,
+            "workers": workers,
             "model_kwargs": model_kwargs or {},
             "data": f"per step {n_single} new 'train' and {n_multi} new 'train_multi' images "
             f"(seed {seed}); validation: 'single' and 2-object 'multi' images (seed {vseed})",
@@ -268,19 +313,22 @@ def train(
         for epoch in range(1, epochs + 1):
             model.train()
             loss_sum, hits, seen = 0.0, 0, 0
+            stream = _BatchStream(seed, size, n_single, n_multi, step, steps_per_epoch)
+            loader = DataLoader(
+                stream,
+                batch_size=None,
+                num_workers=workers,
+                prefetch_factor=4 if workers else None,
+            )
             bar = tqdm(
-                range(steps_per_epoch),
+                loader,
+                total=steps_per_epoch,
                 desc=f"{model_name} epoch {epoch}/{epochs}",
                 disable=not progress,
                 leave=False,
             )
-            for _ in bar:
-                batch = generate("train", n_single, seed, size, start=step * n_single)
-                if n_multi:
-                    batch += generate("train_multi", n_multi, seed, size, start=step * n_multi)
-                x = to_tensor(np.stack([s.image for s in batch]))
+            for x, target in bar:
                 x = x.contiguous(memory_format=torch.channels_last)
-                target = _soft_targets(batch, len(CLASSES))
                 logits = model(x)
                 loss = -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
                 optimizer.zero_grad(set_to_none=True)
@@ -292,9 +340,9 @@ def train(
                     raise ValueError(
                         f"training diverged (loss {loss.item()}) at step {step}; lower --lr"
                     )
-                loss_sum += loss.item() * len(batch)
-                hits += _topk_hits(logits.detach(), batch)
-                seen += len(batch)
+                loss_sum += loss.item() * len(x)
+                hits += _topk_hits(logits.detach(), target)
+                seen += len(x)
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{hits / seen:.3f}")
             bar.close()
             scores = evaluate_accuracy(model, v_single, v_multi)
@@ -304,8 +352,8 @@ def train(
                 "images": step * batch_size,
                 "train_loss": round(loss_sum / seen, 5),
                 "train_acc": round(hits / seen, 5),
-                "val_single_acc": round(scores.get("single_top1", float("nan")), 5),
-                "val_multi_top2": round(scores.get("multi_topk", float("nan")), 5),
+                "val_single_acc": _rounded(scores.get("single_top1")),
+                "val_multi_top2": _rounded(scores.get("multi_topk")),
                 "lr": float(f"{scheduler.get_last_lr()[0]:.3g}"),
                 "seconds": round(time.perf_counter() - start_time, 1),
             }
@@ -313,8 +361,8 @@ def train(
             if log is not None:
                 log(
                     f"{model_name} epoch {epoch}/{epochs}: loss {entry['train_loss']:.4f} "
-                    f"train acc {entry['train_acc']:.4f} val single {entry['val_single_acc']:.4f}"
-                    f" val multi top-2 {entry['val_multi_top2']:.4f} ({entry['seconds']:.0f} s)"
+                    f"train acc {entry['train_acc']:.4f} val single {fmt(entry['val_single_acc'])}"
+                    f" val multi top-2 {fmt(entry['val_multi_top2'])} ({entry['seconds']:.0f} s)"
                 )
             meta = _save(model, model_name, out_path, meta_path, csv_path, settings, history, half)
         return meta

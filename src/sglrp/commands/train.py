@@ -6,7 +6,7 @@ import argparse
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..train import train
+    from ..train import fmt, train
 
     meta = train(
         args.model,
@@ -17,6 +17,7 @@ def _run(args: argparse.Namespace) -> int:
         lr=args.lr,
         seed=args.seed,
         threads=args.threads,
+        workers=args.workers,
         multi_fraction=args.multi_fraction,
         val_single=args.val_single,
         val_multi=args.val_multi,
@@ -27,8 +28,8 @@ def _run(args: argparse.Namespace) -> int:
     final = meta["training"]["final"]
     print(
         f"wrote {args.out} ({meta['bytes'] / 1e6:.2f} MB, sha256 {meta['sha256'][:12]}...): "
-        f"val single {final['val_single_acc']:.4f}, val multi top-2 "
-        f"{final['val_multi_top2']:.4f}, {meta['training']['seconds']:.0f} s"
+        f"val single {fmt(final['val_single_acc'])}, val multi top-2 "
+        f"{fmt(final['val_multi_top2'])}, {meta['training']['seconds']:.0f} s"
     )
     return 0
 
@@ -54,10 +55,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument(
+        "--workers", type=int, default=0, help="image-generating loader processes (default 0)"
+    )
+    parser.add_argument(
         "--multi-fraction",
         type=float,
-        default=0.5,
-        help="fraction of each batch drawn from multi-object images (default 0.5)",
+        default=0.6,
+        help="fraction of each batch drawn from multi-object images (default 0.6)",
     )
     parser.add_argument(
         "--val-single", type=int, default=600, help="held-out single images per evaluation"

@@ -72,7 +72,7 @@ _SPLIT_CODE = {"train": 11, "single": 23, "multi": 37, "train_multi": 41}
 _MULTI = ("multi", "train_multi")
 # Scale (pixels per shape unit) as a fraction of the image size.
 _SCALE_SINGLE = (0.14, 0.31)
-_SCALE_MULTI = {2: (0.16, 0.27), 3: (0.14, 0.22)}
+_SCALE_MULTI = {2: (0.18, 0.28), 3: (0.14, 0.22)}
 _ASPECT = (0.87, 1.15)
 _MIN_VISIBLE = 0.8  # multi split: each object keeps at least this fraction of its pixels
 _RADIUS = 1.16  # every shape fits in a disc of this radius (shape units)

@@ -50,7 +50,9 @@ class SmallVGG(nn.Module):
     cfg
         Layer plan (ints: 3x3 conv widths, ``"M"``: 2x2 max-pool).
     pool
-        Output side of the adaptive average pooling.
+        Output side of the adaptive average pooling (1: global average pooling, which makes
+        the classifier translation invariant and trains faster on small data than
+        torchvision's 7x7).
     hidden
         Width of the two hidden fully connected layers.
     dropout
@@ -61,7 +63,7 @@ class SmallVGG(nn.Module):
         self,
         num_classes: int = 12,
         cfg: Sequence[int | str] = VGG_CFG,
-        pool: int = 2,
+        pool: int = 1,
         hidden: int = 256,
         dropout: float = 0.3,
     ) -> None:
@@ -151,7 +153,7 @@ class SmallResNet(nn.Module):
 
 
 def shapes_vgg(num_classes: int = 12, **kwargs: object) -> SmallVGG:
-    """VGG-style model for 64x64 shape images (about 0.5 M parameters)."""
+    """VGG-style model for 64x64 shape images (about 0.4 M parameters)."""
     return SmallVGG(num_classes=num_classes, **kwargs)
 
 
