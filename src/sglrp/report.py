@@ -195,16 +195,26 @@ def summary_paragraphs(data: Mapping[str, Any]) -> list[str]:
             out.append("SGLRP does not win: " + "; ".join(parts) + ".")
     out.extend(_paper_checks(metrics, methods))
     if "random" in methods:
-        beaten = []
+        first, behind = [], []
         for e in metrics.values():
-            if e.get("ranking") and e["ranking"].index("random") == 0:
-                beaten.append(e["title"])
-        if beaten:
+            ranking = e.get("ranking") or []
+            if not ranking or "random" not in ranking:
+                continue
+            if ranking[0] == "random":
+                first.append(e["title"])
+                continue
+            losers = ranking[ranking.index("random") + 1 :]
+            if losers:
+                names = ", ".join(label(m) for m in losers)
+                behind.append(f"{e['title']} ({names})")
+        if first:
             out.append(
                 "The Random baseline ranks first on: "
-                + "; ".join(beaten)
-                + ". These measures do not separate the methods here; read them with care."
+                + "; ".join(first)
+                + ". On these measures no method beats chance here; read them with care."
             )
+        if behind:
+            out.append("Methods scoring worse than Random: " + "; ".join(behind) + ".")
     return out
 
 
@@ -422,7 +432,8 @@ def render_html(
     parts.append("<h2>Summary</h2><ul class='summary'>")
     for item in summary_paragraphs(data):
         head, sep, rest = item.partition(": ")
-        if head in ("SGLRP wins", "SGLRP does not win") and sep and "; " in rest:
+        nested = ("SGLRP wins", "SGLRP does not win", "Methods scoring worse than Random")
+        if head in nested and sep and "; " in rest:
             subs = "".join(f"<li>{esc(x.rstrip('.'))}</li>" for x in rest.split("; "))
             parts.append(f"<li>{esc(head)}:<ul>{subs}</ul></li>")
         else:

@@ -16,7 +16,7 @@ from pathlib import Path
 from .evaluate import add_common, apply_threads
 
 #: Settings of the full run (about 10 minutes on 2 CPU cores) and of ``--quick``.
-FULL = {"n": 100, "steps": 16, "grid_images": 4}
+FULL = {"n": 100, "steps": 10, "grid_images": 4}
 QUICK = {"n": 6, "steps": 8, "grid_images": 2}
 
 
