@@ -100,6 +100,10 @@ def main(args: argparse.Namespace) -> int:
         say("no multi-object images in the data; the report has no comparison grid")
     say("[3/3] writing the report")
     report = write_report(out, data, grids, seconds=time.perf_counter() - start)
+    for entry in data["metrics"].values():
+        if entry.get("best"):
+            best = entry["methods"][entry["best"]]["mean"]
+            say(f"  {entry['title']}: best {runner.METHOD_LABELS.get(entry['best'])} ({best:.4g})")
     say(f"done in {time.perf_counter() - start:.0f} s")
     print(f"report: {report.resolve()}")
     return 0
