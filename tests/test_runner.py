@@ -222,6 +222,8 @@ def test_summary_respects_direction_and_excludes_nan():
     assert drop["methods"]["sglrp"]["n"] == 3 and drop["methods"]["sglrp"]["n_excluded"] == 1
     assert math.isclose(drop["methods"]["sglrp"]["mean"], 11.0)
     assert drop["clear"]  # paired difference clearly below 0
+    subsets = drop["methods"]["sglrp"]["subsets"]  # both units of an image: multi-object
+    assert subsets["multi_object"]["n"] == 3 and subsets["single_object"]["n"] == 0
 
 
 def test_method_missing_from_installation_is_skipped(monkeypatch):

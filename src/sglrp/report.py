@@ -30,6 +30,7 @@ from .io import write_text
 __all__ = [
     "comparison_rows",
     "render_html",
+    "subset_best",
     "summary_paragraphs",
     "winners_table",
     "write_grid",
@@ -193,6 +194,16 @@ def summary_paragraphs(data: Mapping[str, Any]) -> list[str]:
                     f"{len(e['ranking'])})"
                 )
             out.append("SGLRP does not win: " + "; ".join(parts) + ".")
+    multi_wins = []
+    for e in metrics.values():
+        mb = subset_best(e, "multi_object")
+        if mb is not None and mb != e.get("best"):
+            multi_wins.append(f"{e['title']}: {label(mb)} (overall: {label(e['best'])})")
+    if multi_wins:
+        out.append(
+            "On multi-object images alone (where an explanation must pick out the target "
+            "among several objects) the winner changes: " + "; ".join(multi_wins) + "."
+        )
     out.extend(_paper_checks(metrics, methods))
     if "random" in methods:
         first, behind = [], []
@@ -272,6 +283,21 @@ def _paper_checks(metrics: Mapping[str, Any], methods: Sequence[str]) -> list[st
 # ----------------------------------------------------------------------------- HTML
 
 
+SUBSETS = (("single_object", "single-object"), ("multi_object", "multi-object"))
+
+
+def subset_best(entry: Mapping[str, Any], subset: str) -> str | None:
+    """Best method (by direction) over the units of one subset, or None without data."""
+    means = {
+        m: st.get("subsets", {}).get(subset, {}).get("mean") for m, st in entry["methods"].items()
+    }
+    means = {m: v for m, v in means.items() if v is not None}
+    if not means:
+        return None
+    pick = max if entry["direction"] == "higher" else min
+    return pick(means, key=means.get)
+
+
 def winners_table(data: Mapping[str, Any]) -> str:
     """HTML table: per measure the best method, runner-up, lead and SGLRP's rank."""
     rows = []
@@ -286,14 +312,20 @@ def winners_table(data: Mapping[str, Any]) -> str:
         sg = "-"
         if "sglrp" in e["ranking"]:
             sg = f"{e['ranking'].index('sglrp') + 1} of {len(e['ranking'])}"
+        mb = subset_best(e, "multi_object")
+        multi = "-"
+        if mb is not None:
+            v = e["methods"][mb]["subsets"]["multi_object"]["mean"]
+            multi = f"{html.escape(label(mb))} ({_num(v, d)})"
         rows.append(
             f"<tr><td><a href='#{html.escape(key)}'>{html.escape(e['title'])}</a></td>"
             f"<td>{e['direction']}</td><td>{best}</td><td>{second}</td><td>{lead}</td>"
-            f"<td>{sg}</td></tr>"
+            f"<td>{sg}</td><td>{multi}</td></tr>"
         )
     return (
         "<table class='text'><thead><tr><th>measure</th><th>better</th><th>best</th>"
-        "<th>runner-up</th><th>lead (paired 95 % CI)</th><th>SGLRP rank</th></tr></thead><tbody>"
+        "<th>runner-up</th><th>lead (paired 95 % CI)</th><th>SGLRP rank</th>"
+        "<th>best on multi-object images</th></tr></thead><tbody>"
         + "".join(rows)
         + "</tbody></table>"
     )
@@ -314,8 +346,15 @@ def _table(key: str, entry: Mapping[str, Any], methods: Sequence[str]) -> str:
             for i, lv in enumerate(levels)
             if len(levels) <= 10 or abs(round(lv * 10) - lv * 10) < 1e-9
         ]
+    subsets = [
+        (k, name)
+        for k, name in SUBSETS
+        if any(st.get("subsets", {}).get(k, {}).get("n") for st in entry["methods"].values())
+    ]
     head = "<tr><th>method</th><th>mean [95 % CI]</th><th>n</th>"
+    head += "".join(f"<th>{name}</th>" for _, name in subsets)
     head += "".join(f"<th>{html.escape(f'{levels[i]:g}')}</th>" for i in show) + "</tr>"
+    sub_best = {k: subset_best(entry, k) for k, _ in subsets}
     best_level: dict[int, str] = {}
     for i in show:
         vals = {}
@@ -335,6 +374,9 @@ def _table(key: str, entry: Mapping[str, Any], methods: Sequence[str]) -> str:
         name = html.escape(label(m)) + (" &#9733;" if is_best else "")
         ci = f"{_num(st['mean'], d)} [{_num(st['low'], d)}, {_num(st['high'], d)}]"
         cells = [f"<td>{name}</td>", f"<td>{ci}</td>", f"<td>{st['n']}</td>"]
+        for k, _ in subsets:
+            v = _num(st.get("subsets", {}).get(k, {}).get("mean"), d)
+            cells.append(f"<td class='best'>{v}</td>" if sub_best[k] == m else f"<td>{v}</td>")
         for i in show:
             c = st.get("curve", [None] * (i + 1))[i]
             v = _num(c["mean"] if c else None, d)
@@ -344,6 +386,8 @@ def _table(key: str, entry: Mapping[str, Any], methods: Sequence[str]) -> str:
         cls = " class='bestrow'" if is_best else ""
         body.append(f"<tr{cls}>{''.join(cells)}</tr>")
     note = f"{html.escape(entry['score'])}; {better} is better."
+    if subsets:
+        note += " Single-/multi-object: means over the units of one- and of several-class images."
     if show:
         note += f" Columns on the right: mean at each {html.escape(entry['level_name'] or '')}."
     if entry.get("best") and entry.get("runner_up") and "best_vs_runner_up" in entry:
@@ -432,7 +476,13 @@ def render_html(
     parts.append("<h2>Summary</h2><ul class='summary'>")
     for item in summary_paragraphs(data):
         head, sep, rest = item.partition(": ")
-        nested = ("SGLRP wins", "SGLRP does not win", "Methods scoring worse than Random")
+        nested = (
+            "SGLRP wins",
+            "SGLRP does not win",
+            "Methods scoring worse than Random",
+            "On multi-object images alone (where an explanation must pick out the target "
+            "among several objects) the winner changes",
+        )
         if head in nested and sep and "; " in rest:
             subs = "".join(f"<li>{esc(x.rstrip('.'))}</li>" for x in rest.split("; "))
             parts.append(f"<li>{esc(head)}:<ul>{subs}</ul></li>")

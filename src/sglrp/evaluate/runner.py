@@ -848,7 +848,8 @@ def summarize(
     For each measure: the mean with its 95 % interval over units (NaN units excluded and
     counted), per-level aggregates for curves, the best method by the measure's direction,
     the runner-up and the paired difference best - runner-up over the same units (``clear``
-    when its interval excludes 0).
+    when its interval excludes 0), and ``subsets``: the aggregates over units of
+    single-object and of multi-object images (where class discrimination matters).
     """
     ordered = [records[b] for b in sorted(records)]
     result: dict[str, Any] = {}
@@ -857,6 +858,7 @@ def summarize(
         per_method: dict[str, list] = {m: [] for m in methods}
         curves: dict[str, list] = {m: [] for m in methods}
         targets: list[int] = []
+        multi: list[bool] = []
         levels = None
         for rec in ordered:
             scores = rec.get("scores", {}).get(meas.key, {})
@@ -865,6 +867,10 @@ def summarize(
                 curves[m].extend(rec.get("curves", {}).get(meas.key, {}).get(m, []))
             if scores:
                 targets.extend(rec["units"][kind]["target"])
+                counts: dict[str, int] = {}
+                for img in rec["units"]["gt"]["image"]:
+                    counts[img] = counts.get(img, 0) + 1
+                multi.extend(counts.get(img, 0) >= 2 for img in rec["units"][kind]["image"])
             levels = rec.get("levels", {}).get(meas.key, levels)
         entry: dict[str, Any] = {
             "metric": meas.metric,
@@ -883,6 +889,13 @@ def summarize(
                 stats["curve"] = [_agg_dict(c) for c in cols]
             if meas.key == "pointing_game" and targets:
                 stats["class_mean"] = _class_mean(per_method[m], targets, len(classes))
+            if len(multi) == len(per_method[m]):
+                stats["subsets"] = {
+                    name: _agg_dict(
+                        [v for v, f in zip(per_method[m], multi, strict=True) if f == flag]
+                    )
+                    for name, flag in (("single_object", False), ("multi_object", True))
+                }
             entry["methods"][m] = stats
         order = _best(meas.direction, {m: entry["methods"][m]["mean"] for m in methods})
         entry["ranking"] = order
