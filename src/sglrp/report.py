@@ -470,7 +470,14 @@ def render_html(
             + "."
         )
     if seconds is not None:
-        parts.append(f"<br>Generated {when} in {seconds:.0f} s.")
+        timing = data.get("timing", {})
+        text = f"<br>Generated {when} in {seconds:.0f} s"
+        if timing.get("reused"):
+            text += (
+                f" ({timing['reused']} of {timing.get('batches')} batches were reused from an "
+                "earlier, interrupted or identical run)"
+            )
+        parts.append(text + ".")
     parts.append("</p>")
 
     parts.append("<h2>Summary</h2><ul class='summary'>")

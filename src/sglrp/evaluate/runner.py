@@ -1035,8 +1035,12 @@ def write_outputs(
     skipped: Sequence[str],
     metrics: Sequence[str],
     seconds: float,
+    reused: int = 0,
 ) -> dict[str, Any]:
-    """Write ``results.jsonl`` (merged), ``metrics.json``, ``metrics.csv`` and the plots."""
+    """Write ``results.jsonl`` (merged), ``metrics.json``, ``metrics.csv`` and the plots.
+
+    ``seconds`` is this invocation's time; ``reused`` the number of batches it found on disk.
+    """
     with atomic_open(out / "results.jsonl", "w", encoding="utf-8") as handle:
         for b in sorted(records):
             handle.write(json.dumps(records[b], allow_nan=False) + "\n")
@@ -1067,7 +1071,7 @@ def write_outputs(
             "deletion_steps": cfg.steps,
         },
         "metrics": summary,
-        "timing": {"seconds": round(seconds, 2)},
+        "timing": {"seconds": round(seconds, 2), "batches": len(records), "reused": reused},
     }
     if records:
         h = bundle.size
@@ -1126,6 +1130,7 @@ def run(
             write_json(out / "run.json", {"settings": identity})
         distributed.barrier(info)
         known = read_records(out)
+        reused = len(known)
         for b, rec in known.items():
             expected = [source.ids[i] for i in plan[b]] if b < len(plan) else None
             if rec.get("images") != expected:
@@ -1168,6 +1173,5 @@ def run(
         missing = [b for b in range(len(plan)) if b not in merged]
         if missing:
             raise RuntimeError(f"batches {missing[:5]} are missing after the run; run it again")
-        return write_outputs(
-            out, merged, cfg, bundle, methods, skipped, metrics, time.perf_counter() - start
-        )
+        seconds = time.perf_counter() - start
+        return write_outputs(out, merged, cfg, bundle, methods, skipped, metrics, seconds, reused)
