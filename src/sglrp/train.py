@@ -203,10 +203,11 @@ def train(
     batch_size: int = 128,
     lr: float = 2e-3,
     weight_decay: float = 5e-4,
+    warmup: float = 0.15,
     seed: int = 0,
     size: int = 64,
     threads: int | None = 2,
-    workers: int = 0,
+    workers: int = 1,
     val_single: int = 600,
     val_multi: int = 300,
     multi_fraction: float = 0.6,
@@ -227,6 +228,8 @@ def train(
         Training length; every step draws ``batch_size`` new images (no image repeats).
     lr, weight_decay
         AdamW peak learning rate (one-cycle schedule) and weight decay.
+    warmup
+        Fraction of the steps spent raising the learning rate from ``lr / 20`` to ``lr``.
     seed
         Seeds the model initialisation, dropout and the image stream.
     size
@@ -268,6 +271,8 @@ def train(
     n_single = batch_size - n_multi
     if not isinstance(workers, int) or workers < 0:
         raise ValueError(f"workers must be a non-negative int, got {workers!r}")
+    if not 0.0 < warmup < 1.0:
+        raise ValueError(f"warmup must be in (0, 1), got {warmup!r}")
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr!r}")
     out_path = Path(out_path)
@@ -285,7 +290,7 @@ def train(
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
         total = epochs * steps_per_epoch
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=lr, total_steps=total, pct_start=0.15, div_factor=20.0
+            optimizer, max_lr=lr, total_steps=total, pct_start=warmup, div_factor=20.0
         )
         vseed = seed + VALIDATION_SEED_OFFSET
         v_single = generate("single", val_single, vseed, size) if val_single else []
@@ -297,6 +302,7 @@ def train(
             "batch_size": batch_size,
             "lr": lr,
             "weight_decay": weight_decay,
+            "warmup": warmup,
             "seed": seed,
             "size": size,
             "multi_fraction": multi_fraction,

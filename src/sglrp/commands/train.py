@@ -15,6 +15,7 @@ def _run(args: argparse.Namespace) -> int:
         steps_per_epoch=args.steps_per_epoch,
         batch_size=args.batch_size,
         lr=args.lr,
+        warmup=args.warmup,
         seed=args.seed,
         threads=args.threads,
         workers=args.workers,
@@ -52,10 +53,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=128, help="images per step")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    parser.add_argument(
+        "--warmup", type=float, default=0.15, help="fraction of steps warming up (default 0.15)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument(
-        "--workers", type=int, default=0, help="image-generating loader processes (default 0)"
+        "--workers", type=int, default=1, help="image-generating loader processes (default 1)"
     )
     parser.add_argument(
         "--multi-fraction",
