@@ -194,6 +194,10 @@ def test_missing_model_file_and_changed_settings(random_model, tmp_path, capsys,
     err = capsys.readouterr().err.strip()
     assert "different settings (seed)" in err and len(err.splitlines()) == 1
 
+    random_model.weights = "retrained"  # same model name, new weights: never mix results
+    assert cli.main(base) == 1
+    assert "different settings (weights)" in capsys.readouterr().err
+
 
 def _record(batch: int, scores: dict[str, list[float]]) -> dict:
     n = len(next(iter(scores.values())))

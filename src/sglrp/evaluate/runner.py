@@ -30,6 +30,7 @@ single-process one because every batch is formed exactly as in a single process.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
@@ -385,6 +386,9 @@ class ModelBundle:
         Name or file it came from.
     size
         Input side length in pixels.
+    weights
+        Fingerprint of the weights (SHA-256 of the file), so that resuming never mixes
+        results of different weights under the same model name.
     """
 
     model: nn.Module
@@ -393,6 +397,7 @@ class ModelBundle:
     std: tuple[float, ...]
     name: str
     size: int = 64
+    weights: str = ""
 
 
 def _load_file(path: Path) -> ModelBundle:
@@ -429,6 +434,7 @@ def _load_file(path: Path) -> ModelBundle:
         tuple(meta.get("std") or (0.5, 0.5, 0.5)),
         str(path),
         size,
+        hashlib.sha256(path.read_bytes()).hexdigest(),
     )
 
 
@@ -476,6 +482,7 @@ def load_model(spec: str) -> ModelBundle:
         tuple(float(v) for v in getattr(pm, "std", STD)),
         spec,
         int(size),
+        str((getattr(pm, "metadata", None) or {}).get("sha256", "")),
     )
 
 
@@ -1052,7 +1059,7 @@ def write_outputs(
         for kind in ("gt", "second")
     }
     data = {
-        "settings": cfg.identity(),
+        "settings": {**cfg.identity(), "weights": bundle.weights},
         "model": bundle.name,
         "classes": list(bundle.classes),
         "methods": list(methods),
@@ -1120,7 +1127,7 @@ def run(
         bundle.model.to(info.device)
         source = open_data(cfg.data, cfg.n, cfg.seed, bundle)
         plan = batches(len(source), cfg.batch_size)
-        identity = cfg.identity()
+        identity = {**cfg.identity(), "weights": bundle.weights}
         changed = _check_run(out, identity, restart_on_change)
         distributed.barrier(info)
         if info.is_root:
