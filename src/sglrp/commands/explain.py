@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from sglrp.imageio import IMAGENET_MEAN, IMAGENET_STD, load_image, preprocess, read_labels
 from sglrp.io import atomic_path, write_json
+from sglrp.models.zoo import head_name
 
 DEFAULT_METHODS: tuple[str, ...] = ("sglrp", "clrp", "lrp", "guided_gradcam", "relevance_cam")
 #: Methods that need nothing but the input gradient, so they also run on compiled TorchScript.
@@ -194,15 +195,6 @@ def _default_classes(factory: Any) -> int:
     except (KeyError, TypeError, ValueError):
         return 1000
     return default if isinstance(default, int) and default > 0 else 1000
-
-
-def _head(model: nn.Module) -> str | None:
-    """Name of the last ``nn.Linear`` of ``model``."""
-    name = None
-    for module_name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            name = module_name
-    return name
 
 
 def _head_size(weights: str) -> int | None:
@@ -396,7 +388,7 @@ def _eager_twin(script: nn.Module) -> tuple[str, nn.Module] | None:
     for name, factory in ZOO.items():
         try:
             with torch.device("meta"):
-                head = _head(factory())
+                head = head_name(factory())
             n = shapes.get(f"{head}.weight", (None,))[0] if head else None
             with torch.device("meta"):
                 cand = factory(num_classes=n) if n else factory()

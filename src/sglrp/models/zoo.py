@@ -149,7 +149,7 @@ def _first(items: list, n: int = _SHOW) -> str:
     return shown + (f", ... ({len(items)} in all)" if len(items) > n else "")
 
 
-def _head_name(model: nn.Module) -> str | None:
+def head_name(model: nn.Module) -> str | None:
     """Name of the last ``nn.Linear`` (the classifier head), if any."""
     head = None
     for module_name, module in model.named_modules():
@@ -217,7 +217,7 @@ def _suggest(state_dict: Mapping[str, torch.Tensor], num_classes: int) -> str:
         if cand_sd.keys() != file_shapes.keys():
             continue
         differ = {k for k, v in cand_sd.items() if tuple(v.shape) != file_shapes[k]}
-        head = _head_name(cand)
+        head = head_name(cand)
         if head is None or not differ <= {f"{head}.weight", f"{head}.bias"}:
             continue
         n = file_shapes[f"{head}.weight"][0] if f"{head}.weight" in file_shapes else num_classes
