@@ -93,6 +93,7 @@ def test_reproduce_quick_writes_a_self_contained_report(model_spec, tmp_path, ca
             assert (out / href).is_file(), href
 
     data = json.loads((out / "metrics.json").read_text())
+    assert (out / "summary.md").read_text(encoding="utf-8") == report.render_markdown(data)
     assert data["methods"] == list(runner.DEFAULT_METHODS)
     keys = set(data["metrics"])
     assert {"extended_pointing_game", "patch_masking", "patch_masking_second"} <= keys
@@ -194,3 +195,19 @@ def test_summary_is_written_from_the_numbers():
     parser.feed(page)
     assert parser.tables == 3  # winners + one per measure
     assert "Average drop (%)" in page and "&#9733;" in page
+
+
+def test_markdown_summary_marks_the_best_and_shows_curves():
+    data = _fake_data()
+    text = report.render_markdown(data)
+    lines = text.splitlines()
+    assert "| measure | better | SGLRP | Guided Grad-CAM | Random |" in lines
+    # higher is better for pointing, lower for the drop: the bold cell follows the direction
+    assert (
+        "| Extended pointing game (pointing accuracy) | higher | 0.500 | **0.550** | 0.200 |"
+        in lines
+    )
+    assert "| Average drop (%) | lower | **30.0** | 40.0 | 50.0 |" in lines
+    assert "| method | E=0.2 | E=0.4 | E=0.6 | E=0.8 | E=1 |" in lines
+    assert "| SGLRP | 0.4000 | 0.4500 | 0.5000 | 0.5500 | 0.6000 |" in lines
+    assert "- SGLRP wins: Average drop (%)." in lines

@@ -3,7 +3,8 @@
 Every image is embedded as a base64 ``data:`` URI, so the page opens from disk with no
 network and can be mailed as a single file. The page holds the comparison grids, the curve
 plots, one table per measure with the best method marked (by the measure's direction), and a
-plain-language summary written from the numbers in ``metrics.json``.
+plain-language summary written from the numbers in ``metrics.json``. ``summary.md`` beside
+it has the same tables and summary as Markdown, for a README or a results file.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .io import write_text
 __all__ = [
     "comparison_rows",
     "render_html",
+    "render_markdown",
     "subset_best",
     "summary_paragraphs",
     "winners_table",
@@ -550,14 +552,81 @@ def render_html(
     return "\n".join(parts)
 
 
+# ----------------------------------------------------------------------------- Markdown
+
+MARKDOWN_LEVELS: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 1.0)
+"""Energy levels shown in the Markdown table of a curve measured at energy levels."""
+
+
+def _md_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return [_md_row(header), _md_row(["---"] * len(header)), *(_md_row(r) for r in rows)]
+
+
+def _md_curve(entry: Mapping[str, Any], methods: Sequence[str]) -> list[str]:
+    """Per-method means at some levels of a curve measure (all levels if at most 6)."""
+    levels = list(entry["levels"])
+    picks = [i for i, lv in enumerate(levels) if any(abs(lv - m) < 1e-9 for m in MARKDOWN_LEVELS)]
+    if len(levels) <= 6 or not picks:
+        picks = list(range(len(levels)))
+    sign = "+" if entry["direction"] == "lower" else ""
+    name = entry.get("level_name", "level").split()[-1]
+    rows = []
+    for m in methods:
+        curve = _curve_means(entry, m)
+        if curve is None:
+            continue
+        rows.append([label(m), *(f"{curve[i]:{sign}.4f}" for i in picks)])
+    return _md_table(["method", *(f"{name}={levels[i]:g}" for i in picks)], rows)
+
+
+def render_markdown(data: Mapping[str, Any]) -> str:
+    """``summary.md``: one table of every measure's means (best in bold), the curves at a few
+    levels, and the plain-language summary of :func:`summary_paragraphs`."""
+    methods = list(data["methods"])
+    metrics = data["metrics"]
+    lines = [f"# {data.get('model', 'model')}: comparison of {len(methods)} methods", ""]
+    rows = []
+    for e in metrics.values():
+        d = _digits(e)
+        cells = [
+            f"**{_num(st['mean'], d)}**" if m == e.get("best") else _num(st["mean"], d)
+            for m, st in ((m, e["methods"].get(m, {"mean": None})) for m in methods)
+        ]
+        rows.append([e["title"], e["direction"], *cells])
+    lines += _md_table(["measure", "better", *(label(m) for m in methods)], rows)
+    n_units = data.get("n_units", {})
+    lines += [
+        "",
+        f"Means over units, bold = best. {data.get('n_images', '?')} images; "
+        + ", ".join(f"{v} {k} units" for k, v in n_units.items())
+        + ". Confidence intervals: metrics.json and index.html.",
+    ]
+    for e in metrics.values():
+        if e.get("levels") and any("curve" in st for st in e["methods"].values()):
+            if e.get("level_name", "").startswith("fraction"):
+                continue  # deletion / insertion: the AUC above says it; curves are plotted
+            lines += ["", f"{e['title']}, mean per {e.get('level_name', 'level')}:", ""]
+            lines += _md_curve(e, methods)
+    lines += ["", "## Summary", ""]
+    for paragraph in summary_paragraphs(data):
+        lines += [f"- {paragraph}"]
+    return "\n".join(lines) + "\n"
+
+
 def write_report(
     out: str | Path,
     data: Mapping[str, Any],
     grids: Sequence[tuple[Path, str]] = (),
     seconds: float | None = None,
 ) -> Path:
-    """Write ``out/index.html`` from ``metrics.json`` data and the plots found in ``out``."""
+    """Write ``out/index.html`` (and ``out/summary.md``) from ``metrics.json`` data and the
+    plots found in ``out``."""
     out = Path(out)
     plots = {k: out / name for k, (name, _, _) in PLOTS.items() if (out / name).is_file()}
     page = render_html(data, plots, grids, seconds=seconds)
+    write_text(out / "summary.md", render_markdown(data))
     return write_text(out / "index.html", page)
