@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import inspect
 import json
 
 import pytest
 import torch
 
 from sglrp import cli
+from sglrp import train as train_module
 from sglrp.data import CLASSES
 from sglrp.models import pretrained
-from sglrp.train import train
+from sglrp.train import resolve_recipe, train
 
 TINY = {"widths": (4, 4, 8, 8), "blocks": (1, 1, 1, 1)}
 
@@ -97,3 +99,26 @@ def test_cli_train(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
     assert cli.main(["train", "--model", "shapes_vgg", "--out", str(tmp_path / "x.txt")]) == 1
     assert "error" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["shapes_vgg", "shapes_resnet"])
+def test_cli_defaults_are_the_shipped_recipe(name, tmp_path, monkeypatch):
+    """`sglrp train --model NAME --out F` trains with the shipped weights' settings."""
+    seen: dict = {}
+
+    def fake_train(model_name, out, **kwargs):
+        seen.update(kwargs, model_name=model_name)
+        raise RuntimeError("stop before training")
+
+    monkeypatch.setattr(train_module, "train", fake_train)
+    args = cli.build_parser().parse_args(["train", "--model", name, "--out", "x.pt"])
+    with pytest.raises(RuntimeError, match="stop"):
+        args.func(args)
+    epochs, steps, kwargs = resolve_recipe(name, seen["epochs"], seen["steps_per_epoch"])
+    shipped = pretrained(name).metadata
+    recorded = shipped["training"]
+    assert (epochs, steps) == (recorded["epochs"], recorded["steps_per_epoch"])
+    assert kwargs == shipped["model_kwargs"]
+    defaults = inspect.signature(train).parameters
+    for key in ("batch_size", "lr", "weight_decay", "warmup", "seed", "multi_fraction", "threads"):
+        assert seen.get(key, defaults[key].default) == recorded[key], key

@@ -47,9 +47,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", required=True, choices=sorted(MODELS), help="architecture")
     parser.add_argument("--out", required=True, help="weights file to write (.pt)")
-    parser.add_argument("--epochs", type=int, default=10, help="epochs (default 10)")
     parser.add_argument(
-        "--steps-per-epoch", type=int, default=200, help="steps per epoch (default 200)"
+        "--epochs", type=int, default=None, help="epochs (default: the shipped weights' 12)"
+    )
+    parser.add_argument(
+        "--steps-per-epoch",
+        type=int,
+        default=None,
+        help="steps per epoch (default: the shipped weights', 200 for shapes_vgg and 175 for "
+        "shapes_resnet)",
     )
     parser.add_argument("--batch-size", type=int, default=128, help="images per step")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
