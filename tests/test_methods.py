@@ -19,6 +19,7 @@ from sglrp.methods import (
     METHODS,
     ReluOverride,
     deconvnet,
+    default_layer,
     gradcam,
     gradient,
     guided_backprop,
@@ -407,10 +408,38 @@ def test_gradcam_equals_hand(net_name: str, layer: str, upsample: bool) -> None:
     assert got.amax() > 0
 
 
-def test_gradcam_default_is_last_conv() -> None:
+def test_gradcam_default_is_the_last_conv_activation() -> None:
     net = module_net()
     x, t = batch()
-    torch.testing.assert_close(gradcam(net, x, t), gradcam(net, x, t, layer="conv2"))
+    # conv2 -> act2 (an nn.ReLU applied to conv2's output): the default is act2's output
+    torch.testing.assert_close(gradcam(net, x, t), gradcam(net, x, t, layer="act2"))
+    assert not torch.allclose(gradcam(net, x, t), gradcam(net, x, t, layer="conv2"))
+
+
+@pytest.mark.parametrize(
+    ("arch", "size", "expected"),
+    [
+        ("shapes_vgg", 64, "features.26"),  # conv 24 -> BatchNorm 25 -> ReLU 26 -> max-pool
+        ("vgg11", 64, "features.19"),  # no batch norm: conv 18 -> ReLU 19
+        ("shapes_resnet", 64, "layer4"),  # conv2 -> bn2 -> (+ identity, relu) = block output
+        ("densenet121", 64, "features"),  # new features -> concatenation -> norm5
+        ("inception_small", 64, "block3"),  # one branch's conv -> the concatenated block
+    ],
+)
+def test_default_layer_follows_the_last_conv_to_its_activation(arch, size, expected) -> None:
+    from sglrp import models
+
+    torch.manual_seed(0)
+    net = getattr(models, arch)(num_classes=CLASSES).eval()
+    name, logits = default_layer(net, torch.randn(2, 3, size, size))
+    assert name == expected
+    assert logits.shape == (2, CLASSES)
+
+
+def test_default_layer_without_conv_says_so() -> None:
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * H * W, CLASSES))
+    with pytest.raises(ValueError, match="no nn.Conv2d"):
+        default_layer(net, batch()[0])
 
 
 def test_gradcam_default_uses_execution_order() -> None:
@@ -512,7 +541,7 @@ def test_relevance_cam_passes_options_through(standin: StandIn) -> None:
     assert call["output_relevance"] is contrast
     assert call["rules"] == "zplus" and call["bounds"] == (-1.0, 1.0)
     assert call["options"] == {"extra": 3}
-    assert call["record"] == ("conv2",)
+    assert call["record"] == ("act2",)  # the default: conv2 -> its nn.ReLU
 
 
 def test_relevance_cam_default_layer_and_string_target(standin: StandIn) -> None:
@@ -554,10 +583,11 @@ def _sequential_net() -> nn.Module:
 @pytest.mark.parametrize(
     ("make", "layer", "default"),
     [
-        (_sequential_net, "0", "2"),
-        (_sequential_net, "2", "2"),
-        (module_net, "conv1", "conv2"),
-        (functional_net, "bn", "conv2"),
+        (_sequential_net, "0", "3"),
+        (_sequential_net, "2", "3"),
+        (_sequential_net, "3", "3"),  # an nn.ReLU that saves its output for its backward
+        (module_net, "conv1", "act2"),
+        (functional_net, "bn", "conv2"),  # functional ReLUs are not modules: the conv
     ],
 )
 def test_relevance_cam_real_engine(make: Callable, layer: str, default: str) -> None:
@@ -568,6 +598,10 @@ def test_relevance_cam_real_engine(make: Callable, layer: str, default: str) -> 
     got = relevance_cam(net, x, t, layer=layer, upsample=False)
     assert_same_state(before, model_state(net))
     assert got.shape == ((3, 1, H, W) if layer in ("0", "conv1", "bn") else (3, 1, 4, 4))
+    if layer == "3":  # a ReLU passes relevance on unchanged; its output is the clamped conv's
+        both = propagate(net, x, t, "clrp", rules="dtd", bounds=None, record=("2", "3"))
+        torch.testing.assert_close(both.layer_relevance["3"], both.layer_relevance["2"])
+        torch.testing.assert_close(both.layer_output["3"], both.layer_output["2"].relu())
     result = propagate(net, x, t, "clrp", rules="dtd", bounds=None, record=(layer,))
     torch.testing.assert_close(got, _raw_relevance_cam(result, layer))
     result = propagate(net, x, t, "sglrp", rules="dtd", bounds=None, record=(default,))

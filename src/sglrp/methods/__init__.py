@@ -28,7 +28,7 @@ from collections.abc import Callable
 from torch import Tensor
 
 from .baseline import random_map
-from .cam import gradcam, guided_gradcam, relevance_cam
+from .cam import default_layer, gradcam, guided_gradcam, relevance_cam
 from .gradient import gradient, input_x_gradient
 from .guided import ReluOverride, deconvnet, guided_backprop
 
@@ -38,6 +38,7 @@ __all__ = [
     "METHODS",
     "ReluOverride",
     "deconvnet",
+    "default_layer",
     "gradcam",
     "gradient",
     "guided_backprop",

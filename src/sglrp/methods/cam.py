@@ -1,9 +1,14 @@
 """Class activation maps: Grad-CAM, guided Grad-CAM and Relevance-CAM.
 
 ``layer`` is a module name as listed by ``model.named_modules()`` (an ``nn.Module`` of the
-model is accepted too). By default the last ``nn.Conv2d`` *in execution order* is used: forward
-hooks on every ``nn.Conv2d`` record which one ran last during the pass. A module that is called
-several times in one forward contributes its last call.
+model is accepted too). A module that is called several times in one forward contributes its
+last call. By default the maps use the *activation of the last convolution*, found in one
+no-grad forward pass (:func:`default_layer`): the last ``nn.Conv2d`` in execution order,
+followed through the normalisation and activation modules applied directly to its output
+and out to the enclosing blocks that end there. That is ``features.<last ReLU>`` of a VGG
+(``vgg*_bn`` included), ``layer4`` of a ResNet and ``features`` of a DenseNet (as
+pytorch-grad-cam advises), the feature maps Grad-CAM and Relevance-CAM are defined on; the
+convolution's raw output would be before BatchNorm's shift and the ReLU.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from sglrp._guard import HookSet, preserved
 from .gradient import _freeze, _input_gradient, _target_score
 from .guided import ReluOverride
 
-__all__ = ["gradcam", "guided_gradcam", "relevance_cam"]
+__all__ = ["default_layer", "gradcam", "guided_gradcam", "relevance_cam"]
 
 LayerSpec = str | nn.Module | None
 OutputRelevance = str | Callable[[Tensor, Tensor], Tensor]
@@ -71,16 +76,6 @@ def _no_conv_error() -> ValueError:
     )
 
 
-def _watch(model: nn.Module, layer: LayerSpec) -> list[tuple[str, nn.Module]]:
-    """Modules to hook: the given layer, or every ``nn.Conv2d`` when ``layer`` is None."""
-    if layer is not None:
-        return [_resolve_layer(model, layer)]
-    convs = [(n, m) for n, m in model.named_modules() if n and isinstance(m, nn.Conv2d)]
-    if not convs:
-        raise _no_conv_error()
-    return convs
-
-
 def _check_feature_map(name: str, a: Tensor, batch_size: int) -> None:
     if a.ndim != 4 or a.shape[0] != batch_size:
         raise ValueError(
@@ -93,16 +88,57 @@ def _upsample(cam: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(cam, size=size, mode="bilinear", align_corners=False)
 
 
-def _last_conv(model: nn.Module, x: Tensor) -> tuple[str, Tensor]:
-    """Name of the last ``nn.Conv2d`` executed, and the logits, from one no-grad pass."""
-    seen: list[str] = []
+_FOLLOWERS: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Hardswish,
+)
+"""Modules that :func:`default_layer` follows from the last convolution's output."""
+
+
+def default_layer(model: nn.Module, x: Tensor) -> tuple[str, Tensor]:
+    """The default CAM layer's name, and the logits, from one no-grad forward pass.
+
+    Start at the last ``nn.Conv2d`` executed; move on to a normalisation or activation module
+    (:data:`_FOLLOWERS`) whose input is the current output, and to an enclosing module that
+    finishes with a feature map of the same height and width (a residual block, or a block
+    that concatenates its branches).
+    """
+    names = {module: name for name, module in model.named_modules() if name}
+    chain: dict[str, Any] = {}
+
+    def hook(module: nn.Module, args: Any, output: Any) -> None:
+        name = names[module]
+        if isinstance(module, nn.Conv2d):
+            chain.update(name=name, out=output)
+            return
+        if not chain or not isinstance(output, Tensor):
+            return
+        current = chain["out"]
+        follows = isinstance(module, _FOLLOWERS) and bool(args) and args[0] is current
+        encloses = (
+            chain["name"].startswith(name + ".")
+            and output.ndim == current.ndim == 4
+            and output.shape[0] == current.shape[0]
+            and output.shape[-2:] == current.shape[-2:]
+        )
+        if follows or encloses:
+            chain.update(name=name, out=output)
+
     with preserved(model) as hooks, torch.no_grad():
-        for name, module in _watch(model, None):
-            hooks.add(module.register_forward_hook(lambda *_, name=name: seen.append(name)))
+        for module in names:
+            hooks.add(module.register_forward_hook(hook))
         logits = model(x.detach().clone())
-    if not seen:
+    if not chain:
         raise _no_conv_error()
-    return seen[-1], logits
+    return chain["name"], logits
 
 
 def _capture(hooks: HookSet, watched: list[tuple[str, nn.Module]], seen: dict[str, Any]) -> None:
@@ -135,16 +171,14 @@ def _gradcam(
     """Grad-CAM map and the resolved targets."""
     x = check_input(x)
     n = x.shape[0]
+    watched = [_resolve_layer(model, default_layer(model, x)[0] if layer is None else layer)]
     seen: dict[str, Any] = {}
     with preserved(model) as hooks, torch.enable_grad():
         _freeze(model)
-        watched = _watch(model, layer)
         _capture(hooks, watched, seen)
         logits = model(x.detach().clone())
         score, t = _target_score(logits, targets, n)
         if "a" not in seen:
-            if layer is None:
-                raise _no_conv_error()
             raise ValueError(f"layer {watched[0][0]!r} was not called in the forward pass")
         name, a = seen["name"], seen["a"]
         _check_feature_map(name, a, n)
@@ -178,7 +212,8 @@ def gradcam(
     model, x, targets
         Classifier, (N, C, H, W) input, (N,) class indices.
     layer
-        Module name from ``model.named_modules()``; default: last ``nn.Conv2d`` executed.
+        Module name from ``model.named_modules()``; default: :func:`default_layer`, the
+        activation of the last convolution.
     upsample
         Bilinearly resize (``align_corners=False``) to (H, W); False keeps (h, w).
 
@@ -237,8 +272,8 @@ def relevance_cam(
     model, x, targets
         Classifier, (N, C, H, W) input, (N,) class indices.
     layer
-        Module name from ``model.named_modules()``; default: last ``nn.Conv2d`` executed
-        (found with one extra no-grad forward pass).
+        Module name from ``model.named_modules()``; default: :func:`default_layer`, the
+        activation of the last convolution (found with one extra no-grad forward pass).
     relevance
         Output relevance for :func:`sglrp.propagation.propagate`: ``"clrp"`` (default, the
         contrastive relevance the paper uses), ``"lrp"``, ``"sglrp"``, or a callable
@@ -271,8 +306,8 @@ def relevance_cam(
             and targets.dtype != torch.bool
         )
         if name is None or not resolved:
-            conv, logits = _last_conv(model, x)
-            name = conv if name is None else name
+            default, logits = default_layer(model, x)
+            name = default if name is None else name
             t = resolve_targets(targets, logits)
         else:
             t = targets.to(device=x.device, dtype=torch.long)

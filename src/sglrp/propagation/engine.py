@@ -359,18 +359,31 @@ class _ReluFusion(torch.overrides.TorchFunctionMode):
 
 
 class _Tap(torch.autograd.Function):
-    """Identity that records the gradient arriving at a layer's output."""
+    """Identity that records the gradient arriving at a layer's output.
+
+    In place (the same tensor object, so BatchNorm pairing and ReLU fusion still recognise
+    it) when the output comes from one of the engine's own nodes, which do not save it;
+    otherwise a copy, since e.g. ``nn.ReLU`` saves its output for the backward pass.
+    """
 
     @staticmethod
-    def forward(ctx, value: Tensor, sink: list) -> Tensor:
+    def forward(ctx, value: Tensor, sink: list, inplace: bool) -> Tensor:
         ctx.sink = sink
+        if not inplace:
+            return value.clone()
         ctx.mark_dirty(value)
         return value
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         ctx.sink.append(grad)
-        return grad, None
+        return grad, None, None
+
+
+_UNSAVED_OUTPUTS = tuple(
+    node._backward_cls for node in (_RuleNode, _PassNode, _FusedRelu, _MaxPoolIndices, _Tap)
+)
+"""Backward nodes of the engine's functions, none of which keeps its output."""
 
 
 class _Guard(torch.autograd.Function):
@@ -624,7 +637,8 @@ class Propagator:
                 sink: list[Tensor] = []
                 taps[name] = sink
                 recorded_outputs[name] = output.detach().clone()
-                tapped = _Tap.apply(output, sink)
+                inplace = output.grad_fn is None or isinstance(output.grad_fn, _UNSAVED_OUTPUTS)
+                tapped = _Tap.apply(output, sink, inplace)
                 tapped_objects[name] = tapped
                 return tapped
 
