@@ -593,10 +593,10 @@ def render_markdown(data: Mapping[str, Any]) -> str:
     rows = []
     for e in metrics.values():
         d = _digits(e)
-        cells = [
-            f"**{_num(st['mean'], d)}**" if m == e.get("best") else _num(st["mean"], d)
-            for m, st in ((m, e["methods"].get(m, {"mean": None})) for m in methods)
-        ]
+        cells = []
+        for m in methods:
+            text = _num(e["methods"].get(m, {}).get("mean"), d)
+            cells.append(f"**{text}**" if m == e.get("best") else text)
         rows.append([e["title"], e["direction"], *cells])
     lines += _md_table(["measure", "better", *(label(m) for m in methods)], rows)
     n_units = data.get("n_units", {})

@@ -49,11 +49,11 @@ RECIPES: dict[str, dict[str, Any]] = {
     "shapes_vgg": {"epochs": 12, "steps_per_epoch": 200, "model_kwargs": {"batch_norm": True}},
     "shapes_resnet": {"epochs": 12, "steps_per_epoch": 175, "model_kwargs": {}},
 }
-"""Training length and architecture options of the shipped weights per model (the options
-are recorded in the metadata, which :func:`sglrp.models.pretrained` builds the model from):
-:func:`train`'s defaults, so that
-``sglrp train --model NAME --out NAME.pt`` rebuilds the shipped ``NAME.pt`` (bit-identical
-with torch 2.13 on 2 threads; 12 and 9 minutes on 2 CPU cores)."""
+"""Training length and architecture options of the shipped weights per model, used as
+:func:`train`'s defaults: ``sglrp train --model NAME --out NAME.pt`` rebuilds the shipped
+``NAME.pt`` (bit-identical with torch 2.13 on 2 threads; 12 and 9 minutes on 2 CPU cores).
+The options are written into the metadata, from which :func:`sglrp.models.pretrained` builds
+the model, so the shipped weights do not depend on a builder's defaults."""
 
 VALIDATION_SEED_OFFSET = 1000
 """Validation images use ``seed + VALIDATION_SEED_OFFSET`` (and held-out splits)."""

@@ -37,7 +37,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train`` sub-command."""
-    from ..train import MODELS
+    from ..train import MODELS, RECIPES
 
     parser = subparsers.add_parser(
         "train",
@@ -47,15 +47,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", required=True, choices=sorted(MODELS), help="architecture")
     parser.add_argument("--out", required=True, help="weights file to write (.pt)")
+
+    def shipped(key: str) -> str:
+        return ", ".join(f"{r[key]} for {name}" for name, r in sorted(RECIPES.items()))
+
     parser.add_argument(
-        "--epochs", type=int, default=None, help="epochs (default: the shipped weights' 12)"
+        "--epochs", type=int, default=None, help=f"epochs (default as shipped: {shipped('epochs')})"
     )
     parser.add_argument(
         "--steps-per-epoch",
         type=int,
         default=None,
-        help="steps per epoch (default: the shipped weights', 200 for shapes_vgg and 175 for "
-        "shapes_resnet)",
+        help=f"steps per epoch (default as shipped: {shipped('steps_per_epoch')})",
     )
     parser.add_argument("--batch-size", type=int, default=128, help="images per step")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
