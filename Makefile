@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/sglrp reproduce --out report
-	@echo "Open report/index.html"
+	@echo "Open report/index.html (tables: report/summary.md)"
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
