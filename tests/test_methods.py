@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-import types
+import functools
 from collections.abc import Callable
 
 import pytest
@@ -13,10 +12,8 @@ from conftest import assert_same_state, model_state
 from torch import Tensor, nn
 from torch.overrides import _get_current_function_mode_stack
 
+from sglrp import methods as registry
 from sglrp.methods import (
-    CAM_METHODS,
-    LAYER_METHODS,
-    METHODS,
     ReluOverride,
     deconvnet,
     default_layer,
@@ -28,6 +25,7 @@ from sglrp.methods import (
     random_map,
     relevance_cam,
 )
+from sglrp.propagation import DEFAULT_LAYER, PropagationResult, propagate
 
 H = W = 8
 CLASSES = 3
@@ -211,81 +209,18 @@ def hand_gradcam(net: nn.Module, x: Tensor, t: Tensor, layer: str, upsample: boo
 
 
 # ---------------------------------------------------------------------------------------------
-# stand-in for sglrp.propagation.propagate
+# the registry's non-LRP methods, called as the registry calls them
+
+METHODS = {
+    m.name: functools.partial(registry.call, m.name)
+    for m in registry.methods()
+    if m.family != "lrp"
+}
+CAM_METHODS = {m.name for m in registry.methods() if m.family == "cam" and m.returns == "map"}
+LAYER_METHODS = {m.name for m in registry.methods() if m.takes_layer}
 
 
-class StandIn:
-    """Records its calls; relevance at a layer output = A * d(sum_c rel_c z_c)/dA."""
-
-    def __init__(self) -> None:
-        self.calls: list[dict] = []
-
-    def __call__(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        targets: Tensor,
-        output_relevance: str | Callable,
-        rules: object = "dtd",
-        bounds: object = None,
-        record: tuple[str, ...] = (),
-        **options: object,
-    ) -> types.SimpleNamespace:
-        self.calls.append(
-            {
-                "output_relevance": output_relevance,
-                "rules": rules,
-                "bounds": bounds,
-                "record": tuple(record),
-                "targets": targets.clone(),
-                "options": options,
-            }
-        )
-        modules = dict(model.named_modules())
-        store: dict[str, Tensor] = {}
-
-        def keep(name: str) -> Callable:
-            def hook(module: nn.Module, args: object, out: Tensor) -> Tensor:
-                store[name] = out
-                return out.clone()
-
-            return hook
-
-        handles = [modules[name].register_forward_hook(keep(name)) for name in record]
-        try:
-            with torch.enable_grad():
-                xi = x.detach().clone().requires_grad_(True)
-                logits = model(xi.clone())
-                if callable(output_relevance):
-                    rel = output_relevance(logits.detach(), targets)
-                else:
-                    rel = F.one_hot(targets, logits.shape[1]).to(logits.dtype)
-                score = (logits * rel).sum()
-                wanted = [xi] + [store[name] for name in record]
-                grads = torch.autograd.grad(score, wanted)
-        finally:
-            for h in handles:
-                h.remove()
-        return types.SimpleNamespace(
-            input_relevance=(xi * grads[0]).detach(),
-            layer_relevance={
-                n: (store[n] * g).detach() for n, g in zip(record, grads[1:], strict=True)
-            },
-            layer_output={n: store[n].detach() for n in record},
-            logits=logits.detach(),
-        )
-
-
-@pytest.fixture
-def standin(monkeypatch: pytest.MonkeyPatch) -> StandIn:
-    fake = StandIn()
-    module = types.ModuleType("sglrp.propagation")
-    module.propagate = fake
-    monkeypatch.setitem(sys.modules, "sglrp.propagation", module)
-    return fake
-
-
-def _raw_relevance_cam(result: types.SimpleNamespace, layer: str) -> Tensor:
+def _raw_relevance_cam(result: PropagationResult, layer: str) -> Tensor:
     a, r = result.layer_output[layer], result.layer_relevance[layer]
     return (r.sum(dim=(2, 3))[:, :, None, None] * a).sum(dim=1, keepdim=True)
 
@@ -299,6 +234,7 @@ def _up(cam: Tensor) -> Tensor:
 
 
 def test_registry() -> None:
+    assert registry.available(family="lrp") == ["lrp", "clrp", "sglrp"]
     assert set(METHODS) == {
         "gradient",
         "input_x_gradient",
@@ -309,12 +245,17 @@ def test_registry() -> None:
         "relevance_cam",
         "random",
     }
-    assert all(callable(fn) for fn in METHODS.values())
     assert {"gradcam", "relevance_cam"} == CAM_METHODS
     assert CAM_METHODS <= LAYER_METHODS <= set(METHODS)
+    record = registry.get("GUIDED-GradCAM")
+    assert record.name == "guided_gradcam" and record.label == "Guided Grad-CAM"
+    assert record.options == ("layer",) and record.forward_passes == 2
+    assert registry.get("relevance_cam").takes_rules and registry.get("sglrp").takes_rules
+    assert not registry.get("gradient").takes_rules and not registry.get("gradient").needs_layers
+    with pytest.raises(ValueError, match=r"did you mean 'sglrp'"):
+        registry.get("sglpr")
 
 
-@pytest.mark.usefixtures("standin")
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_output_shapes(name: str) -> None:
     net = module_net()
@@ -468,14 +409,13 @@ def test_guided_gradcam_is_product() -> None:
 
 
 @pytest.mark.parametrize("method", [gradcam, guided_gradcam, relevance_cam])
-def test_unknown_layer_lists_names(method: Callable, standin: StandIn) -> None:
+def test_unknown_layer_lists_names(method: Callable) -> None:
     net = module_net()
     x, t = batch()
     with pytest.raises(ValueError, match="unknown layer 'conv3'") as info:
         method(net, x, t, layer="conv3")
     for name in ("conv1", "bn", "act1", "conv2", "act2", "fc"):
         assert repr(name) in str(info.value) or name in str(info.value)
-    assert standin.calls == []
 
 
 def test_unknown_layer_truncates_long_lists() -> None:
@@ -504,19 +444,46 @@ def test_gradcam_needs_a_conv_by_default() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Relevance-CAM with the stand-in engine
+# Relevance-CAM
+
+
+class Recorder:
+    """Wraps the real ``propagate`` and records the arguments of every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def __call__(self, model, x, target, output_relevance, rules, bounds, **options):
+        self.calls.append(
+            {
+                "output_relevance": output_relevance,
+                "rules": rules,
+                "bounds": bounds,
+                "record": tuple(options.get("record", ())),
+                "target": target,
+                "options": {k: v for k, v in options.items() if k != "record"},
+            }
+        )
+        return propagate(model, x, target, output_relevance, rules, bounds, **options)
+
+
+@pytest.fixture
+def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
+    fake = Recorder()
+    monkeypatch.setattr("sglrp.methods.cam.propagate", fake)
+    return fake
 
 
 @pytest.mark.parametrize("layer", ["conv1", "bn", "conv2"])
-def test_relevance_cam_weights_equal_layer_relevance(layer: str, standin: StandIn) -> None:
+def test_relevance_cam_weights_equal_layer_relevance(layer: str, recorder: Recorder) -> None:
     net = module_net()
     x, t = batch()
     got = relevance_cam(net, x, t, layer=layer, upsample=False)
-    call = standin.calls[-1]
+    call = recorder.calls[-1]
     assert call["record"] == (layer,)
-    assert call["output_relevance"] == "clrp" and call["rules"] == "dtd" and call["bounds"] is None
-    assert torch.equal(call["targets"], t)
-    result = standin(net.eval(), x, t, "clrp", record=(layer,))
+    assert call["output_relevance"] == "relevance_cam" and call["rules"] == "dtd"
+    assert call["bounds"] is None
+    result = propagate(net.eval(), x, t, "relevance_cam", record=(layer,))
     raw = _raw_relevance_cam(result, layer)
     torch.testing.assert_close(got, raw)
     assert (raw < 0).any()  # so that relu=True below is a real check
@@ -529,43 +496,40 @@ def test_relevance_cam_weights_equal_layer_relevance(layer: str, standin: StandI
     assert normed.amin() == 0 and normed.amax() == 1
 
 
-def test_relevance_cam_passes_options_through(standin: StandIn) -> None:
+def test_relevance_cam_output_relevance_is_the_authors() -> None:
+    """1 at the target and -1/C elsewhere, whatever the sign of z_t (Lee et al.'s code)."""
+    from sglrp.propagation.output import relevance_cam_output
+
+    logits = torch.tensor([[-2.0, 1.0, 3.0], [4.0, -1.0, 0.5]])
+    expected = torch.tensor([[1.0, -1 / 3, -1 / 3], [-1 / 3, -1 / 3, 1.0]])
+    torch.testing.assert_close(relevance_cam_output(logits, torch.tensor([0, 2])), expected)
+
+
+def test_relevance_cam_passes_options_through(recorder: Recorder) -> None:
     net = module_net()
     x, t = batch()
 
     def contrast(logits: Tensor, targets: Tensor) -> Tensor:
         return F.one_hot(targets, logits.shape[1]).to(logits.dtype) * 2 - 0.5
 
-    relevance_cam(net, x, t, relevance=contrast, rules="zplus", bounds=(-1.0, 1.0), extra=3)
-    call = standin.calls[-1]
+    relevance_cam(
+        net, x, t, output_relevance=contrast, rules="epsilon", bounds=(-1.0, 1.0), epsilon=0.1
+    )
+    call = recorder.calls[-1]
     assert call["output_relevance"] is contrast
-    assert call["rules"] == "zplus" and call["bounds"] == (-1.0, 1.0)
-    assert call["options"] == {"extra": 3}
-    assert call["record"] == ("act2",)  # the default: conv2 -> its nn.ReLU
+    assert call["rules"] == "epsilon" and call["bounds"] == (-1.0, 1.0)
+    assert call["options"]["epsilon"] == 0.1
+    assert call["record"] == (DEFAULT_LAYER,)  # found in the propagation's own pass
+    with pytest.raises(TypeError, match="does not take 'extra'"):
+        relevance_cam(net, x, t, extra=3)
 
 
-def test_relevance_cam_default_layer_and_string_target(standin: StandIn) -> None:
+def test_relevance_cam_default_layer_and_string_target(recorder: Recorder) -> None:
     net = ExecOrderNet()
     x, _ = batch()
-    relevance_cam(net, x, "predicted")
-    call = standin.calls[-1]
-    assert call["record"] == ("late",)
-    assert torch.equal(call["targets"], net(x).argmax(1))
-
-
-def test_relevance_cam_without_engine(monkeypatch: pytest.MonkeyPatch) -> None:
-    module = types.ModuleType("sglrp.propagation")
-    monkeypatch.setitem(sys.modules, "sglrp.propagation", module)
-    with pytest.raises(ImportError, match="propagate"):
-        relevance_cam(module_net(), *batch())
-
-
-def _real_propagate() -> Callable | None:
-    try:
-        from sglrp.propagation import propagate
-    except ImportError:
-        return None
-    return propagate
+    got = relevance_cam(net, x, "predicted", upsample=False)
+    result = propagate(net, x, net(x).argmax(1), "relevance_cam", record=("late",))
+    torch.testing.assert_close(got, _raw_relevance_cam(result, "late"))
 
 
 def _sequential_net() -> nn.Module:
@@ -579,7 +543,6 @@ def _sequential_net() -> nn.Module:
     )
 
 
-@pytest.mark.skipif(_real_propagate() is None, reason="sglrp.propagation.propagate not written yet")
 @pytest.mark.parametrize(
     ("make", "layer", "default"),
     [
@@ -591,7 +554,6 @@ def _sequential_net() -> nn.Module:
     ],
 )
 def test_relevance_cam_real_engine(make: Callable, layer: str, default: str) -> None:
-    propagate = _real_propagate()
     net = make().train()
     x, t = batch()
     before = model_state(net)
@@ -602,11 +564,12 @@ def test_relevance_cam_real_engine(make: Callable, layer: str, default: str) -> 
         both = propagate(net, x, t, "clrp", rules="dtd", bounds=None, record=("2", "3"))
         torch.testing.assert_close(both.layer_relevance["3"], both.layer_relevance["2"])
         torch.testing.assert_close(both.layer_output["3"], both.layer_output["2"].relu())
-    result = propagate(net, x, t, "clrp", rules="dtd", bounds=None, record=(layer,))
+    result = propagate(net, x, t, "relevance_cam", rules="dtd", bounds=None, record=(layer,))
     torch.testing.assert_close(got, _raw_relevance_cam(result, layer))
     result = propagate(net, x, t, "sglrp", rules="dtd", bounds=None, record=(default,))
     torch.testing.assert_close(
-        relevance_cam(net, x, t, relevance="sglrp"), _up(_raw_relevance_cam(result, default))
+        relevance_cam(net, x, t, output_relevance="sglrp"),
+        _up(_raw_relevance_cam(result, default)),
     )
     single = torch.cat([relevance_cam(net, x[i : i + 1], t[i : i + 1]) for i in range(3)])
     torch.testing.assert_close(relevance_cam(net, x, t), single)
@@ -617,7 +580,6 @@ def test_relevance_cam_real_engine(make: Callable, layer: str, default: str) -> 
 # batches, model and input untouched, exceptions
 
 
-@pytest.mark.usefixtures("standin")
 @pytest.mark.parametrize("name", sorted(set(METHODS) - {"random"}))
 @pytest.mark.parametrize("net_name", sorted(NETS))
 def test_batch_equals_per_image(name: str, net_name: str) -> None:
@@ -628,7 +590,6 @@ def test_batch_equals_per_image(name: str, net_name: str) -> None:
     torch.testing.assert_close(whole, single)
 
 
-@pytest.mark.usefixtures("standin")
 @pytest.mark.parametrize("name", sorted(METHODS))
 @pytest.mark.parametrize("net_name", sorted(NETS))
 @pytest.mark.parametrize("x_requires_grad", [True, False])
@@ -661,7 +622,6 @@ def _relu_backward_is_plain() -> bool:
     )
 
 
-@pytest.mark.usefixtures("standin")
 @pytest.mark.parametrize("name", sorted(set(METHODS) - {"random"}))
 @pytest.mark.parametrize("net_name", sorted(NETS))
 def test_exception_inside_forward_restores_everything(name: str, net_name: str) -> None:
@@ -721,7 +681,6 @@ class InputInplaceNet(nn.Module):
         return self.net(x)
 
 
-@pytest.mark.usefixtures("standin")
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_model_overwriting_its_input_never_reaches_x(name: str) -> None:
     model = InputInplaceNet()
@@ -734,7 +693,6 @@ def test_model_overwriting_its_input_never_reaches_x(name: str) -> None:
         torch.testing.assert_close(out, 1.5 * hand_backward(model.net.eval(), 1.5 * x, t, "plain"))
 
 
-@pytest.mark.usefixtures("standin")
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_dispatch_through_explain_matches_direct_call(name: str) -> None:
     from sglrp import explain

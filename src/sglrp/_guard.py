@@ -22,6 +22,12 @@ class HookSet:
         while self.handles:
             self.handles.pop().remove()
 
+    def __enter__(self) -> HookSet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
 
 @contextmanager
 def preserved(model: nn.Module, eval_mode: bool = True) -> Iterator[HookSet]:
@@ -45,3 +51,13 @@ def preserved(model: nn.Module, eval_mode: bool = True) -> Iterator[HookSet]:
             module.training = flag
         for param, flag in grads:
             param.requires_grad_(flag)
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[HookSet]:
+    """:func:`preserved` with every parameter's ``requires_grad`` off inside the block
+    (explanations need gradients with respect to the input only)."""
+    with preserved(model) as hooks:
+        for param in model.parameters():
+            param.requires_grad_(False)
+        yield hooks

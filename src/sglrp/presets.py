@@ -8,10 +8,12 @@ import torch
 from torch import Tensor, nn
 
 from .rules import (
+    MAXPOOL_TYPES,
     AlphaBeta,
     Epsilon,
     Flat,
     Gamma,
+    ProportionalPool,
     Rule,
     RuleKey,
     RuleMap,
@@ -51,6 +53,16 @@ def _epsilon_alpha2beta1(bounds: Bounds, epsilon: float) -> RuleMap:
     return RuleMap([(CONV_TYPES, AlphaBeta(2.0, 1.0)), (nn.Linear, Epsilon(epsilon))])
 
 
+def _innvestigate_1_0_8_3(bounds: Bounds, epsilon: float) -> RuleMap:
+    alpha1beta0 = AlphaBeta(1.0, 0.0, bias=True)
+    return RuleMap([(CONV_TYPES + (nn.Linear,), alpha1beta0)], first=ZBox(*bounds))
+
+
+def _innvestigate_1_0_0(bounds: Bounds, epsilon: float) -> RuleMap:
+    rule_map = _innvestigate_1_0_8_3(bounds, epsilon)
+    return RuleMap([(MAXPOOL_TYPES, ProportionalPool()), *rule_map.entries], first=rule_map.first)
+
+
 #: Preset name -> (builder(bounds, epsilon), description). ``epsilon`` defaults to 1e-6 in
 #: the composite presets (as zennit) and 0.25 in ``"epsilon"``.
 PRESETS: dict[str, tuple[Callable[[Bounds, float], RuleMap], str]] = {
@@ -64,8 +76,18 @@ PRESETS: dict[str, tuple[Callable[[Bounds, float], RuleMap], str]] = {
         "gamma (0.25) on conv, epsilon on linear, Z^B at the first layer",
     ),
     "epsilon-alpha2beta1": (_epsilon_alpha2beta1, "alpha2-beta1 on conv, epsilon on linear"),
+    "innvestigate-1.0.8.3": (
+        _innvestigate_1_0_8_3,
+        "alpha1-beta0 with bias on every conv/linear layer, Z^B at the first (the SGLRP "
+        "authors' code on iNNvestigate 1.0.8.3)",
+    ),
+    "innvestigate-1.0.0": (
+        _innvestigate_1_0_0,
+        "as innvestigate-1.0.8.3, and max-pool relevance spread in proportion to the inputs "
+        "(iNNvestigate 1.0.0)",
+    ),
 }
-_BOUNDED = {"dtd", "epsilon-gamma-box"}
+_BOUNDED = {"dtd", "epsilon-gamma-box", "innvestigate-1.0.8.3", "innvestigate-1.0.0"}
 
 
 def bounds_from_normalization(
@@ -86,6 +108,19 @@ def bounds_from_normalization(
     if (std_t <= 0).any():
         raise ValueError("std must be positive")
     return ((low - mean_t) / std_t).float(), ((high - mean_t) / std_t).float()
+
+
+def scalar_bounds(bounds: Bounds | None, x: Tensor) -> tuple[Tensor, Tensor]:
+    """One lower and one upper bound for all channels, as a global Z^B of the released code.
+
+    The lowest of the lower and the highest of the upper per-channel bounds; with
+    ``bounds=None`` per image from :func:`default_bounds` (shape (N, 1)).
+    """
+    if bounds is None:
+        low, high = default_bounds(x)
+        return low.amin(dim=1, keepdim=True), high.amax(dim=1, keepdim=True)
+    low, high = (torch.as_tensor(b, dtype=x.dtype, device=x.device) for b in bounds)
+    return low.min(), high.max()
 
 
 def default_bounds(x: Tensor) -> tuple[Tensor, Tensor]:

@@ -20,15 +20,15 @@ w-square. :class:`Pass` (relevance unchanged through an elementwise layer) and
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Literal
 
 import torch
 from torch import Tensor
 
 ParamMod = Callable[[Tensor], Tensor]
-InputKind = Literal["x", "pos", "neg", "ones", "low", "high"]
 
 #: Default stabiliser, as in zennit.
 STABILIZER = 1e-6
@@ -72,6 +72,53 @@ def add_scaled(gamma: float, part: ParamMod) -> ParamMod:
     return modifier
 
 
+# --- input modifiers -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InputMod:
+    """What a branch feeds into the layer instead of its input :math:`x`.
+
+    ``sign``: +1 for :math:`x^+`, -1 for :math:`x^-`, 0 otherwise (the branch's contribution
+    is masked by the input's sign in the backward pass). ``relevance_form``: the branch does
+    not scale with :math:`x` (ones, bounds), so the rule yields relevance directly, not
+    relevance per unit of input.
+    """
+
+    name: str
+    sign: int = 0
+    relevance_form: bool = False
+
+    def apply(self, x: Tensor, bounds: tuple[Tensor, Tensor] | None, nonneg: bool) -> Tensor:
+        """The modified input; ``nonneg`` says ``x >= 0`` is known (then :math:`x^+ = x`)."""
+        if self is X or (self is POSITIVE and nonneg):
+            return x
+        if self is POSITIVE:
+            return x.clamp(min=0)
+        if self is NEGATIVE:
+            return x.clamp(max=0)
+        if self is ONES:
+            return x.new_ones((1, *x.shape[1:]))
+        if bounds is None:
+            raise ValueError(f"input modifier {self.name!r} needs bounds")
+        bound = bounds[0] if self is LOW else bounds[1]
+        return bound.expand(bound.shape[0], *x.shape[1:])
+
+
+X = InputMod("x")
+"""The input itself."""
+POSITIVE = InputMod("x+", sign=1)
+""":math:`x^+ = \\max(0, x)`."""
+NEGATIVE = InputMod("x-", sign=-1)
+""":math:`x^- = \\min(0, x)`."""
+ONES = InputMod("ones", relevance_form=True)
+"""A constant 1 (flat, w-square)."""
+LOW = InputMod("low", relevance_form=True)
+"""The lower bound :math:`l` (Z^B)."""
+HIGH = InputMod("high", relevance_form=True)
+"""The upper bound :math:`h` (Z^B)."""
+
+
 # --- rule parts ----------------------------------------------------------------------------
 
 
@@ -79,7 +126,7 @@ def add_scaled(gamma: float, part: ParamMod) -> ParamMod:
 class Branch:
     """One modified forward pass: ``layer(inputs(x), weight(w), bias(b) if bias else 0)``."""
 
-    inputs: InputKind
+    inputs: InputMod
     weight: ParamMod
     bias: ParamMod | None = None
 
@@ -133,7 +180,12 @@ class LinearRule(Rule):
         Such rules are computed directly as relevance and so only apply to layers that take
         the model input.
         """
-        return any(b.inputs in ("ones", "low", "high") for b in self.branches)
+        return any(b.inputs.relevance_form for b in self.branches)
+
+    @property
+    def needs_sign(self) -> bool:
+        """True if a branch depends on the sign of the input (:math:`x^+`, :math:`x^-`)."""
+        return any(b.inputs.sign != 0 for b in self.branches)
 
     def bounds(self) -> tuple[Tensor | float, Tensor | float] | None:
         """``(low, high)`` for rules that use input bounds, else None."""
@@ -154,7 +206,7 @@ class Epsilon(LinearRule):
     def __post_init__(self) -> None:
         if self.epsilon < 0:
             raise ValueError(f"epsilon must be >= 0, got {self.epsilon}")
-        object.__setattr__(self, "branches", (Branch("x", keep, keep if self.bias else None),))
+        object.__setattr__(self, "branches", (Branch(X, keep, keep if self.bias else None),))
         object.__setattr__(self, "groups", (Group(((0, 1.0),)),))
         object.__setattr__(self, "terms", (Term(0, 1.0, 0),))
         object.__setattr__(self, "stabilizer", self.epsilon)
@@ -182,8 +234,8 @@ class ZPlus(LinearRule):
             self,
             "branches",
             (
-                Branch("pos", positive, positive if self.bias else None),
-                Branch("neg", negative, None),
+                Branch(POSITIVE, positive, positive if self.bias else None),
+                Branch(NEGATIVE, negative, None),
             ),
         )
         object.__setattr__(self, "groups", (Group(((0, 1.0), (1, 1.0)), sign=1),))
@@ -211,10 +263,10 @@ class AlphaBeta(LinearRule):
             self,
             "branches",
             (
-                Branch("pos", positive, bias_pos),
-                Branch("neg", negative, None),
-                Branch("pos", negative, bias_neg),
-                Branch("neg", positive, None),
+                Branch(POSITIVE, positive, bias_pos),
+                Branch(NEGATIVE, negative, None),
+                Branch(POSITIVE, negative, bias_neg),
+                Branch(NEGATIVE, positive, None),
             ),
         )
         object.__setattr__(
@@ -255,10 +307,14 @@ class Gamma(LinearRule):
             self,
             "branches",
             (
-                Branch("pos", add_scaled(g, positive), add_scaled(g, positive) if bias else None),
-                Branch("neg", add_scaled(g, negative), None),
-                Branch("pos", add_scaled(g, negative), add_scaled(g, negative) if bias else None),
-                Branch("neg", add_scaled(g, positive), None),
+                Branch(
+                    POSITIVE, add_scaled(g, positive), add_scaled(g, positive) if bias else None
+                ),
+                Branch(NEGATIVE, add_scaled(g, negative), None),
+                Branch(
+                    POSITIVE, add_scaled(g, negative), add_scaled(g, negative) if bias else None
+                ),
+                Branch(NEGATIVE, add_scaled(g, positive), None),
             ),
         )
         object.__setattr__(
@@ -294,9 +350,9 @@ class ZBox(LinearRule):
             self,
             "branches",
             (
-                Branch("x", keep, keep),
-                Branch("low", positive, positive),
-                Branch("high", negative, negative),
+                Branch(X, keep, keep),
+                Branch(LOW, positive, positive),
+                Branch(HIGH, negative, negative),
             ),
         )
         object.__setattr__(self, "groups", (Group(((0, 1.0), (1, -1.0), (2, -1.0))),))
@@ -312,7 +368,7 @@ class Flat(LinearRule):
     :math:`R_i = \\sum_j \\frac{1}{\\sum_{i'} 1} R_j`."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "branches", (Branch("ones", ones, None),))
+        object.__setattr__(self, "branches", (Branch(ONES, ones, None),))
         object.__setattr__(self, "groups", (Group(((0, 1.0),), sign=1),))
         object.__setattr__(self, "terms", (Term(0, 1.0, 0),))
 
@@ -323,22 +379,58 @@ class WSquare(LinearRule):
     (bias left out)."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "branches", (Branch("ones", square, None),))
+        object.__setattr__(self, "branches", (Branch(ONES, square, None),))
         object.__setattr__(self, "groups", (Group(((0, 1.0),), sign=1),))
         object.__setattr__(self, "terms", (Term(0, 1.0, 0),))
 
 
 @dataclass(frozen=True, eq=False)
 class Pass(Rule):
-    """Relevance passes unchanged through an elementwise layer (activations, normalisation):
-    :math:`R_{in} = R_{out}`."""
+    """Identity rule: relevance passes unchanged through an elementwise function
+    (SiLU, GELU, sigmoid, tanh, ...): :math:`R_{in} = R_{out}`, computed as
+    :math:`s_{in} = s_{out}\\, y / (x + \\epsilon\\, \\mathrm{sign}\\, x)` with a tiny
+    ``stabilizer`` (LXT uses 1e-10) so that it stays exact wherever :math:`x \\ne 0`."""
 
-    stabilizer: float = STABILIZER
+    stabilizer: float = 1e-12
 
 
 @dataclass(frozen=True, eq=False)
 class Gradient(Rule):
     """Use the layer's own gradient (for an affine layer this is LRP-0 including its bias)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Gate(Rule):
+    """Signal-take-all for a product of two activations :math:`a = s \\cdot g`: all relevance
+    to the signal :math:`s`, none to the gate :math:`g`, which acts as a constant (LRP for
+    LSTMs, Arras et al. 2017; squeeze-and-excitation, spatial gates, GLU).
+
+    ``operand``: ``"auto"`` (the factor that comes out of a sigmoid or hard-sigmoid, else the
+    one broadcast over the other), or 0 / 1 for the first / second factor of the product.
+    """
+
+    operand: Literal["auto", 0, 1] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.operand not in ("auto", 0, 1):
+            raise ValueError(f"Gate(operand=...) takes 'auto', 0 or 1, got {self.operand!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class Uniform(Rule):
+    """Uniform rule for a product of two activations: half of the relevance to each factor
+    (AttnLRP, Achtibat et al. 2024): :math:`R_a = R_b = R_{ab} / 2`."""
+
+
+MAXPOOL_TYPES = (torch.nn.MaxPool1d, torch.nn.MaxPool2d, torch.nn.MaxPool3d)
+
+
+@dataclass(frozen=True, eq=False)
+class ProportionalPool(Rule):
+    """Max pooling that spreads relevance over its window in proportion to the inputs,
+    :math:`R_i = x_i / \\sum_{i' \\in w} x_{i'}\\, R_w`, as if it were sum pooling
+    (iNNvestigate 1.0.0). The default for max pooling is the gradient: all relevance to the
+    winner (the SGLRP paper)."""
 
 
 # --- rule maps -----------------------------------------------------------------------------
@@ -364,8 +456,7 @@ class RuleMap:
     first: LinearRule | None = None
 
     def rule_for(self, name: str, module: torch.nn.Module) -> Rule | None:
-        from fnmatch import fnmatchcase
-
+        """The rule of the first entry matching ``name`` or ``module``'s type, or None."""
         for key, rule in self.entries:
             if isinstance(key, str):
                 if key == name or fnmatchcase(name, key):
@@ -373,3 +464,19 @@ class RuleMap:
             elif isinstance(module, key):
                 return rule
         return None
+
+    def rule_for_type(self, kind: type) -> Rule | None:
+        """The rule of the first type entry that ``kind`` (a module class) falls under.
+
+        For operations called functionally (``F.conv2d`` in a custom module): they follow the
+        rules of the module type they stand for.
+        """
+        for key, rule in self.entries:
+            if not isinstance(key, str) and issubclass(kind, key):
+                return rule
+        return None
+
+    @staticmethod
+    def matches_any(key: str, names: Iterable[str]) -> bool:
+        """True if the name pattern ``key`` matches one of ``names`` (exactly or as a glob)."""
+        return any(key == name or fnmatchcase(name, key) for name in names)

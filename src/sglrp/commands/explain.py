@@ -41,8 +41,6 @@ from sglrp.io import atomic_path, write_json
 from sglrp.models.zoo import head_name
 
 DEFAULT_METHODS: tuple[str, ...] = ("sglrp", "clrp", "lrp", "guided_gradcam", "relevance_cam")
-#: Methods that need nothing but the input gradient, so they also run on compiled TorchScript.
-SCRIPT_SAFE_METHODS: tuple[str, ...] = ("gradient", "input_x_gradient", "random")
 #: Shipped pretrained models (weights in ``sglrp/weights``).
 SHIPPED: tuple[str, ...] = ("shapes_vgg", "shapes_resnet")
 #: Where the shipped weights (``<name>.pt``) and metadata (``<name>.json``) live.
@@ -502,10 +500,10 @@ class Settings:
 def prepare(args: argparse.Namespace) -> Settings:
     """Check every option and load the model; raises on the first problem."""
     from sglrp import bounds_from_normalization
-    from sglrp.methods import LAYER_METHODS
+    from sglrp.methods import get, methods
     from sglrp.presets import PRESETS
 
-    methods = parse_methods(args.method)
+    method_names = parse_methods(args.method)
     if args.rules not in PRESETS:
         raise ValueError(f"unknown rules preset {args.rules!r}; available: {', '.join(PRESETS)}")
     for name in ("size", "crop"):
@@ -523,12 +521,13 @@ def prepare(args: argparse.Namespace) -> Settings:
 
     loaded = load_model(args.model, args.weights, num_classes)
     if loaded.compiled:
-        blocked = [m for m in methods if m not in SCRIPT_SAFE_METHODS]
+        safe = [m.name for m in methods() if not m.needs_layers]
+        blocked = [m for m in method_names if get(m).needs_layers]
         if blocked:
             raise ValueError(
                 f"method(s) {', '.join(blocked)} cannot run on the compiled TorchScript model "
                 f"{args.model} (they need its layers); methods that can: "
-                f"{', '.join(SCRIPT_SAFE_METHODS)}. Or pass the architecture: --model NAME "
+                f"{', '.join(safe)}. Or pass the architecture: --model NAME "
                 "--weights FILE, or module:factory"
             )
 
@@ -550,10 +549,9 @@ def prepare(args: argparse.Namespace) -> Settings:
     target = resolve_target(args.target, classes, out_classes)
 
     if args.layer is not None:
-        if not any(m in LAYER_METHODS for m in methods):
-            raise ValueError(
-                f"--layer applies to {', '.join(sorted(LAYER_METHODS))}; none was requested"
-            )
+        if not any(get(m).takes_layer for m in method_names):
+            layered = [m.name for m in methods() if m.takes_layer]
+            raise ValueError(f"--layer applies to {', '.join(layered)}; none was requested")
         names = [n for n, _ in loaded.model.named_modules() if n]
         if args.layer not in names:
             close = difflib.get_close_matches(args.layer, names, n=3)
@@ -563,7 +561,7 @@ def prepare(args: argparse.Namespace) -> Settings:
     low, high = bounds_from_normalization(mean, std)
     return Settings(
         loaded=loaded,
-        methods=methods,
+        methods=method_names,
         classes=classes,
         num_classes=out_classes,
         target=target,
@@ -632,15 +630,15 @@ def _class_name(classes: Sequence[str] | None, index: int) -> str:
 
 def _relevance(s: Settings, x: torch.Tensor, target: int, method: str) -> torch.Tensor:
     from sglrp import explain
-    from sglrp.methods import LAYER_METHODS, relevance_cam
+    from sglrp.methods import get
 
-    t = torch.tensor([target])
-    layer = {"layer": s.layer} if s.layer is not None and method in LAYER_METHODS else {}
-    if method == "relevance_cam":  # explain() would not pass rules and bounds on
-        return relevance_cam(s.loaded.model, x, t, rules=s.rules, bounds=s.bounds, **layer)
-    if method in ("lrp", "clrp", "sglrp"):
-        return explain(s.loaded.model, x, t, method=method, rules=s.rules, bounds=s.bounds)
-    return explain(s.loaded.model, x, t, method=method, **layer)
+    record = get(method)
+    options: dict[str, Any] = {}
+    if record.takes_rules:
+        options.update(rules=s.rules, bounds=s.bounds)
+    if record.takes_layer and s.layer is not None:
+        options["layer"] = s.layer
+    return explain(s.loaded.model, x, torch.tensor([target]), method=method, **options)
 
 
 def explain_image(s: Settings, path: Path, out_dir: Path) -> dict[str, Any]:

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_input, check_logits, check_model, resolve_targets
 from .._guard import preserved
+from ..targets import resolve_targets
+from ..validation import check_input, check_logits, check_model
 
 Z95 = 1.959963984540054  # two-sided 95 % quantile of the standard normal
 

@@ -590,16 +590,17 @@ def explain_relevance(
     every other method its defaults. Maps smaller than the input are upsampled bilinearly.
     """
     from ..api import explain
+    from ..methods import get
     from ..presets import bounds_from_normalization
 
-    if method in _LRP:
+    record = get(method)
+    options: dict[str, Any] = {}
+    if record.takes_rules:
         low, high = bounds_from_normalization(bundle.mean, bundle.std)
-        bounds = (low.to(x.device), high.to(x.device))
-        r = explain(bundle.model, x, targets, method=method, bounds=bounds)
-    elif method == "random":
-        r = explain(bundle.model, x, targets, method=method, seed=seed)
-    else:
-        r = explain(bundle.model, x, targets, method=method)
+        options["bounds"] = (low.to(x.device), high.to(x.device))
+    if "seed" in record.options:
+        options["seed"] = seed
+    r = explain(bundle.model, x, targets, method=method, **options)
     r = r.detach()
     if r.shape[-2:] != x.shape[-2:]:
         r = torch.nn.functional.interpolate(r, size=x.shape[-2:], mode="bilinear")

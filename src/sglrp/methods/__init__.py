@@ -1,66 +1,54 @@
-"""Gradient, guided and CAM explanation methods.
+"""Explanation methods and their registry.
 
-Every method is ``fn(model, x, targets, **options) -> Tensor`` with ``x`` (N, C, H, W) and
-``targets`` (N,) class indices. Pixel methods return (N, C, H, W); the methods in
-:data:`CAM_METHODS` return (N, 1, H, W) (option ``upsample=False``: layer resolution (N, 1, h,
-w)); ``"random"`` returns (N, 1, H, W). The methods in :data:`LAYER_METHODS` take ``layer=``.
+Every method is registered with :func:`register` and described by a :class:`Method` record;
+:func:`available` lists the names, :func:`get` returns a record. Built in:
 
-==================  ===========================================================================
-name                options (defaults)
-==================  ===========================================================================
-gradient            --
-input_x_gradient    --
-guided_backprop     --
-deconvnet           --
-gradcam             ``layer=None`` (last executed nn.Conv2d), ``upsample=True``
-guided_gradcam      ``layer=None``
-relevance_cam       ``layer=None``, ``relevance="clrp"``, ``rules="dtd"``, ``bounds=None``,
-                    ``relu=False``, ``normalize=False``, ``upsample=True``, more ``propagate``
-                    options
-random              ``seed=0``
-==================  ===========================================================================
+==================  ========================================================================
+family              methods
+==================  ========================================================================
+lrp                 ``lrp``, ``clrp``, ``sglrp`` (options ``rules``, ``bounds``, ``epsilon``;
+                    ``variant`` for SGLRP)
+gradient            ``gradient``, ``input_x_gradient``, ``guided_backprop``, ``deconvnet``
+cam                 ``gradcam``, ``guided_gradcam``, ``relevance_cam`` (option ``layer``)
+baseline            ``random`` (option ``seed``)
+==================  ========================================================================
+
+Calling a method function directly (``sglrp.methods.gradcam(model, x, "predicted")``) is the
+same as ``sglrp.explain(model, x, "predicted", method="gradcam")``.
 """
 
-from __future__ import annotations
+from .lrp import SGLRP_VARIANTS, clrp, lrp, sglrp
 
-from collections.abc import Callable
-
-from torch import Tensor
-
-from .baseline import random_map
-from .cam import default_layer, gradcam, guided_gradcam, relevance_cam
-from .gradient import gradient, input_x_gradient
+# isort: split
+from .cam import LayerChain, capture_layer, default_layer, gradcam, guided_gradcam, relevance_cam
+from .gradient import gradient, input_gradient, input_x_gradient
 from .guided import ReluOverride, deconvnet, guided_backprop
+from .random_baseline import random_map
+from .registry import Method, available, call, get, methods, register, unregister
 
 __all__ = [
-    "CAM_METHODS",
-    "LAYER_METHODS",
-    "METHODS",
+    "SGLRP_VARIANTS",
+    "LayerChain",
+    "Method",
     "ReluOverride",
+    "available",
+    "call",
+    "capture_layer",
+    "clrp",
     "deconvnet",
     "default_layer",
+    "get",
     "gradcam",
     "gradient",
     "guided_backprop",
     "guided_gradcam",
+    "input_gradient",
     "input_x_gradient",
+    "lrp",
+    "methods",
     "random_map",
+    "register",
     "relevance_cam",
+    "sglrp",
+    "unregister",
 ]
-
-METHODS: dict[str, Callable[..., Tensor]] = {
-    "gradient": gradient,
-    "input_x_gradient": input_x_gradient,
-    "guided_backprop": guided_backprop,
-    "deconvnet": deconvnet,
-    "gradcam": gradcam,
-    "guided_gradcam": guided_gradcam,
-    "relevance_cam": relevance_cam,
-    "random": random_map,
-}
-
-#: Methods returning one-channel class activation maps with ``layer=`` and ``upsample=``.
-CAM_METHODS: frozenset[str] = frozenset({"gradcam", "relevance_cam"})
-
-#: Methods that take a ``layer=`` option.
-LAYER_METHODS: frozenset[str] = frozenset({"gradcam", "guided_gradcam", "relevance_cam"})

@@ -21,16 +21,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sglrp._checks import TargetSpec, check_input, resolve_targets
-from sglrp._guard import HookSet, preserved
-
-from .gradient import _freeze, _input_gradient, _target_score
+from .._guard import HookSet
+from ..feature_layer import LayerChain
+from ..presets import Bounds
+from ..propagation import DEFAULT_LAYER, RulesSpec, propagate
+from ..propagation.output import OutputRelevanceSpec
+from ..targets import Target
+from ..validation import check_logits
+from .gradient import input_gradient, per_target, stack_targets
 from .guided import ReluOverride
+from .registry import register
 
 __all__ = ["default_layer", "gradcam", "guided_gradcam", "relevance_cam"]
 
 LayerSpec = str | nn.Module | None
-OutputRelevance = str | Callable[[Tensor, Tensor], Tensor]
 
 _MAX_LISTED = 20
 
@@ -88,118 +92,111 @@ def _upsample(cam: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(cam, size=size, mode="bilinear", align_corners=False)
 
 
-_FOLLOWERS: tuple[type[nn.Module], ...] = (
-    nn.modules.batchnorm._BatchNorm,
-    nn.GroupNorm,
-    nn.LayerNorm,
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Hardswish,
-)
-"""Modules that :func:`default_layer` follows from the last convolution's output."""
-
-
 def default_layer(model: nn.Module, x: Tensor) -> tuple[str, Tensor]:
-    """The default CAM layer's name, and the logits, from one no-grad forward pass.
-
-    Start at the last ``nn.Conv2d`` executed; move on to a normalisation or activation module
-    (:data:`_FOLLOWERS`) whose input is the current output, and to an enclosing module that
-    finishes with a feature map of the same height and width (a residual block, or a block
-    that concatenates its branches).
-    """
+    """The default CAM layer's name (:class:`LayerChain`) and the logits, from one no-grad
+    forward pass."""
     names = {module: name for name, module in model.named_modules() if name}
-    chain: dict[str, Any] = {}
+    chain = LayerChain()
 
     def hook(module: nn.Module, args: Any, output: Any) -> None:
-        name = names[module]
-        if isinstance(module, nn.Conv2d):
-            chain.update(name=name, out=output)
-            return
-        if not chain or not isinstance(output, Tensor):
-            return
-        current = chain["out"]
-        follows = isinstance(module, _FOLLOWERS) and bool(args) and args[0] is current
-        encloses = (
-            chain["name"].startswith(name + ".")
-            and output.ndim == current.ndim == 4
-            and output.shape[0] == current.shape[0]
-            and output.shape[-2:] == current.shape[-2:]
-        )
-        if follows or encloses:
-            chain.update(name=name, out=output)
+        if chain.accepts(names[module], module, args, output):
+            chain.move(names[module], output)
 
-    with preserved(model) as hooks, torch.no_grad():
+    with HookSet() as hooks, torch.no_grad():
         for module in names:
             hooks.add(module.register_forward_hook(hook))
         logits = model(x.detach().clone())
-    if not chain:
+    if chain.name is None:
         raise _no_conv_error()
-    return chain["name"], logits
+    return chain.name, logits
 
 
-def _capture(hooks: HookSet, watched: list[tuple[str, nn.Module]], seen: dict[str, Any]) -> None:
-    r"""Hook ``watched`` so that each call's output becomes a fresh leaf ``a`` (kept in ``seen``).
+def capture_layer(
+    model: nn.Module, x: Tensor, layer: LayerSpec, hooks: HookSet
+) -> tuple[Tensor, str, Tensor]:
+    r"""Run the forward pass once and capture the CAM layer's output as a fresh leaf.
 
-    The hook returns ``a.clone()`` to the model, so in-place ops after the layer (e.g.
-    ``ReLU(inplace=True)``) leave ``a`` untouched and :math:`\partial z / \partial a` is the
-    gradient at the layer output; no backward pass runs below the layer.
+    With ``layer=None`` the default layer (:class:`LayerChain`) is found in the same pass.
+    Every captured output is replaced by ``leaf.clone()``, where ``leaf`` is a detached copy
+    that requires grad: in-place operations after the layer (``ReLU(inplace=True)``) then
+    leave ``leaf`` untouched, and :math:`\partial z / \partial` leaf is the gradient at the
+    layer output; no backward pass runs below the layer. Returns the logits, the layer's
+    name and the leaf.
     """
+    if layer is None:
+        watched = [(name, m) for name, m in model.named_modules() if name]
+    else:
+        watched = [_resolve_layer(model, layer)]
+    chain = LayerChain()
+    leaves: dict[str, Tensor] = {}
 
-    def make(name: str) -> Callable[..., Tensor]:
-        def hook(module: nn.Module, args: Any, output: Any) -> Tensor:
+    def make(name: str) -> Callable[..., Tensor | None]:
+        def hook(module: nn.Module, args: Any, output: Any) -> Tensor | None:
+            if layer is None and not chain.accepts(name, module, args, output):
+                return None
             if not isinstance(output, Tensor):
                 raise TypeError(
                     f"layer {name!r} returns {type(output).__name__}, a CAM needs a tensor output"
                 )
-            a = output.detach().requires_grad_(True)
-            seen["name"], seen["a"] = name, a
-            return a.clone()
+            leaf = output.detach().requires_grad_(True)
+            out = leaf.clone()
+            chain.move(name, out)
+            leaves[name] = leaf
+            return out
 
         return hook
 
     for name, module in watched:
         hooks.add(module.register_forward_hook(make(name)))
+    logits = check_logits(model(x), x.shape[0])
+    if chain.name is None:
+        if layer is None:
+            raise _no_conv_error()
+        raise ValueError(f"layer {watched[0][0]!r} was not called in the forward pass")
+    leaf = leaves[chain.name]
+    _check_feature_map(chain.name, leaf, x.shape[0])
+    return logits, chain.name, leaf
 
 
 def _gradcam(
-    model: nn.Module, x: Tensor, targets: TargetSpec, layer: LayerSpec, upsample: bool
+    model: nn.Module, x: Tensor, target: Target, layer: LayerSpec
 ) -> tuple[Tensor, Tensor]:
-    """Grad-CAM map and the resolved targets."""
-    x = check_input(x)
-    n = x.shape[0]
-    watched = [_resolve_layer(model, default_layer(model, x)[0] if layer is None else layer)]
-    seen: dict[str, Any] = {}
-    with preserved(model) as hooks, torch.enable_grad():
-        _freeze(model)
-        _capture(hooks, watched, seen)
-        logits = model(x.detach().clone())
-        score, t = _target_score(logits, targets, n)
-        if "a" not in seen:
-            raise ValueError(f"layer {watched[0][0]!r} was not called in the forward pass")
-        name, a = seen["name"], seen["a"]
-        _check_feature_map(name, a, n)
+    """Grad-CAM maps at layer resolution (N[, K], 1, h, w) and the targets (N, K)."""
+    with HookSet() as hooks:
+        logits, name, a = capture_layer(model, x, layer, hooks)
+    scores, columns, multi = per_target(logits, target)
+    cams = []
+    for k, score in enumerate(scores):
         grad = None
         if score.requires_grad:
-            (grad,) = torch.autograd.grad(score, a, allow_unused=True)
+            (grad,) = torch.autograd.grad(
+                score, a, retain_graph=k < len(scores) - 1, allow_unused=True
+            )
         if grad is None:
             raise ValueError(f"the target logits do not depend on the output of layer {name!r}")
-    alpha = grad.mean(dim=(2, 3), keepdim=True)
-    cam = torch.relu((alpha * a.detach()).sum(dim=1, keepdim=True))
-    if upsample:
-        cam = _upsample(cam, x.shape[-2:])
-    return cam, t
+        alpha = grad.mean(dim=(2, 3), keepdim=True)
+        cams.append(torch.relu((alpha * a.detach()).sum(dim=1, keepdim=True)))
+    return stack_targets(cams, multi), columns
 
 
+def _upsample_maps(cam: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize of (N, 1, h, w) or (N, K, 1, h, w) maps to ``size``."""
+    if cam.ndim == 5:
+        n, k = cam.shape[:2]
+        return _upsample(cam.flatten(0, 1), size).unflatten(0, (n, k))
+    return _upsample(cam, size)
+
+
+@register(
+    "gradcam",
+    label="Grad-CAM",
+    returns="map",
+    family="cam",
+    summary="feature maps weighted by their mean gradient, ReLU",
+    reference="Selvaraju et al. 2017",
+)
 def gradcam(
-    model: nn.Module,
-    x: Tensor,
-    targets: TargetSpec,
-    layer: LayerSpec = None,
-    upsample: bool = True,
+    model: nn.Module, x: Tensor, target: Target, layer: LayerSpec = None, upsample: bool = True
 ) -> Tensor:
     r"""Grad-CAM (Selvaraju et al., 2017).
 
@@ -209,11 +206,11 @@ def gradcam(
 
     Parameters
     ----------
-    model, x, targets
-        Classifier, (N, C, H, W) input, (N,) class indices.
+    model, x, target
+        Classifier, (N, C, H, W) input, the target.
     layer
         Module name from ``model.named_modules()``; default: :func:`default_layer`, the
-        activation of the last convolution.
+        activation of the last convolution, found in the same forward pass.
     upsample
         Bilinearly resize (``align_corners=False``) to (H, W); False keeps (h, w).
 
@@ -222,44 +219,56 @@ def gradcam(
     Tensor
         (N, 1, H, W) map, or (N, 1, h, w) with ``upsample=False``.
     """
-    return _gradcam(model, x, targets, layer, upsample)[0]
+    cam, _ = _gradcam(model, x, target, layer)
+    return _upsample_maps(cam, x.shape[-2:]) if upsample else cam
 
 
-def guided_gradcam(
-    model: nn.Module, x: Tensor, targets: TargetSpec, layer: LayerSpec = None
-) -> Tensor:
+@register(
+    "guided_gradcam",
+    label="Guided Grad-CAM",
+    family="cam",
+    forward_passes=2,
+    summary="guided backprop times upsampled Grad-CAM",
+    reference="Selvaraju et al. 2017",
+)
+def guided_gradcam(model: nn.Module, x: Tensor, target: Target, layer: LayerSpec = None) -> Tensor:
     r"""Guided Grad-CAM: guided backprop :math:`\odot` upsampled Grad-CAM, shape (N, C, H, W).
 
-    ``layer`` as in :func:`gradcam`; the (N, 1, H, W) map is broadcast over channels.
+    ``layer`` as in :func:`gradcam`; the (N, 1, H, W) map is broadcast over channels. Two
+    forward passes by definition: Grad-CAM's gradient uses the ordinary ReLU backward above
+    the layer, guided backprop's the modified one everywhere, so the two need differently
+    built graphs.
     """
-    cam, t = _gradcam(model, x, targets, layer, upsample=True)
-    guided, _ = _input_gradient(model, x, t, lambda: ReluOverride("guided"))
-    return guided * cam
+    cam, columns = _gradcam(model, x, target, layer)
+    guided = input_gradient(
+        model,
+        x,
+        Target(columns if cam.ndim == 5 else columns[:, 0]),
+        lambda: ReluOverride("guided"),
+    )
+    return guided * _upsample_maps(cam, x.shape[-2:])
 
 
-def _propagate() -> Callable[..., Any]:
-    try:
-        from sglrp.propagation import propagate
-    except ImportError as err:
-        raise ImportError(
-            "relevance_cam needs the LRP engine sglrp.propagation.propagate, "
-            "which is not available in this installation"
-        ) from err
-    return propagate
-
-
+@register(
+    "relevance_cam",
+    label="Relevance-CAM",
+    returns="map",
+    family="cam",
+    summary="feature maps weighted by their summed LRP relevance, at any depth",
+    reference="Lee et al. 2021",
+)
 def relevance_cam(
     model: nn.Module,
     x: Tensor,
-    targets: TargetSpec,
+    target: Target,
     layer: LayerSpec = None,
-    relevance: OutputRelevance = "clrp",
-    rules: Any = "dtd",
-    bounds: Any = None,
+    output_relevance: OutputRelevanceSpec = "relevance_cam",
+    rules: RulesSpec = "dtd",
+    bounds: Bounds | None = None,
+    epsilon: float | None = None,
     relu: bool = False,
     normalize: bool = False,
     upsample: bool = True,
-    **propagate_options: Any,
 ) -> Tensor:
     r"""Relevance-CAM (Lee et al., CVPR 2021).
 
@@ -269,19 +278,21 @@ def relevance_cam(
 
     Parameters
     ----------
-    model, x, targets
-        Classifier, (N, C, H, W) input, (N,) class indices.
+    model, x, target
+        Classifier, (N, C, H, W) input, the target.
     layer
         Module name from ``model.named_modules()``; default: :func:`default_layer`, the
-        activation of the last convolution (found with one extra no-grad forward pass).
-    relevance
-        Output relevance for :func:`sglrp.propagation.propagate`: ``"clrp"`` (default, the
-        contrastive relevance the paper uses), ``"lrp"``, ``"sglrp"``, or a callable
+        activation of the last convolution.
+    output_relevance
+        ``"relevance_cam"`` (default, the authors' code: 1 at the target and :math:`-1/C`
+        elsewhere, not scaled by :math:`z_t`, so the map does not flip sign when
+        :math:`z_t < 0`), ``"clrp"``, ``"lrp"``, ``"sglrp"`` or a callable
         ``(logits (N, classes), targets (N,)) -> (N, classes)``.
-    rules, bounds, **propagate_options
-        Passed through to ``propagate`` (default ``rules="dtd"``).
+    rules, bounds, epsilon
+        LRP rules above the layer (default ``"dtd"``: z+ on every layer, as the authors).
     relu
-        Apply :math:`\mathrm{ReLU}` to :math:`L` (default False: the raw weighted sum).
+        Apply :math:`\mathrm{ReLU}` to :math:`L` (default False: the raw weighted sum, as the
+        authors' code).
     normalize
         Min-max normalise each map to [0, 1] after upsampling (default False; the authors'
         code normalises). A constant map becomes 0.
@@ -291,55 +302,35 @@ def relevance_cam(
     Returns
     -------
     Tensor
-        (N, 1, H, W) map, or (N, 1, h, w) with ``upsample=False``.
+        (N, 1, H, W) map, or (N, 1, h, w) with ``upsample=False`` (a K axis after N for K
+        targets per image).
     """
-    x = check_input(x)
-    n = x.shape[0]
-    propagate = _propagate()
-    with preserved(model):
-        name = None if layer is None else _resolve_layer(model, layer)[0]
-        resolved = (
-            isinstance(targets, Tensor)
-            and targets.ndim == 1
-            and targets.shape[0] == n
-            and not targets.is_floating_point()
-            and targets.dtype != torch.bool
-        )
-        if name is None or not resolved:
-            default, logits = default_layer(model, x)
-            name = default if name is None else name
-            t = resolve_targets(targets, logits)
-        else:
-            t = targets.to(device=x.device, dtype=torch.long)
-        if t.ndim != 1:
-            raise ValueError(
-                f"relevance_cam explains one target per image, got shape {tuple(t.shape)}"
-            )
-        result = propagate(
-            model,
-            x.detach().clone(),
-            t,
-            relevance,
-            rules=rules,
-            bounds=bounds,
-            record=(name,),
-            **propagate_options,
-        )
-    a = result.layer_output[name].detach()
-    r = result.layer_relevance[name].detach()
-    _check_feature_map(name, a, n)
-    if r.shape != a.shape:
-        raise ValueError(
-            f"relevance at layer {name!r} has shape {tuple(r.shape)}, its output {tuple(a.shape)}"
-        )
-    alpha = r.sum(dim=(2, 3), keepdim=True)
-    cam = (alpha * a).sum(dim=1, keepdim=True)
+    requested = DEFAULT_LAYER if layer is None else _resolve_layer(model, layer)[0]
+    result = propagate(
+        model,
+        x,
+        target,
+        output_relevance,
+        rules,
+        bounds,
+        record=(requested,),
+        epsilon=epsilon,
+        input_relevance=False,
+    )
+    ((name, a),) = result.layer_output.items()
+    r = result.layer_relevance[name]
+    _check_feature_map(name, a, x.shape[0])
+    if r.ndim == a.ndim + 1:  # K targets: (N, K, ...) relevance of one (N, ...) output
+        a = a[:, None]
+    alpha = r.sum(dim=(-2, -1), keepdim=True)
+    cam = (alpha * a).sum(dim=-3, keepdim=True)
     if relu:
         cam = torch.relu(cam)
     if upsample:
-        cam = _upsample(cam, x.shape[-2:])
+        cam = _upsample_maps(cam, x.shape[-2:])
     if normalize:
-        lo = cam.amin(dim=(1, 2, 3), keepdim=True)
-        span = cam.amax(dim=(1, 2, 3), keepdim=True) - lo
+        dims = tuple(range(cam.ndim - 3, cam.ndim))
+        lo = cam.amin(dim=dims, keepdim=True)
+        span = cam.amax(dim=dims, keepdim=True) - lo
         cam = torch.where(span > 0, (cam - lo) / span.clamp_min(torch.finfo(cam.dtype).tiny), 0)
     return cam

@@ -1,9 +1,8 @@
-"""Plain gradient methods and the helpers every method in this package shares.
+"""Plain gradient methods and the input gradient every gradient method shares.
 
-All methods take ``(model, x, targets, **options)`` with ``x`` of shape (N, C, H, W) and
-``targets`` of shape (N,), and are safe to call directly: each validates its input, runs inside
-:func:`sglrp._guard.preserved` and never modifies the model or ``x`` (``x`` is detached and
-cloned, so its ``requires_grad`` flag and ``.grad`` are left alone).
+Methods receive what :func:`sglrp.methods.registry.call` prepares: the model in eval mode with
+parameter gradients off, a private copy of ``x`` and a :class:`~sglrp.targets.Target`. One
+forward pass serves every target; K targets cost K backward passes.
 """
 
 from __future__ import annotations
@@ -14,84 +13,80 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 from torch import Tensor, nn
 
-from sglrp._checks import TargetSpec, check_input, check_logits, resolve_targets
-from sglrp._guard import preserved
+from ..targets import Target
+from ..validation import check_logits
+from .registry import register
 
-__all__ = ["gradient", "input_x_gradient"]
-
-
-def _freeze(model: nn.Module) -> None:
-    """Switch off parameter gradients (inside ``preserved``, which restores the flags)."""
-    for param in model.parameters():
-        param.requires_grad_(False)
+__all__ = ["gradient", "input_gradient", "input_x_gradient", "per_target"]
 
 
-def _target_score(logits: object, targets: TargetSpec, batch_size: int) -> tuple[Tensor, Tensor]:
-    r"""Return :math:`\sum_n z_{n, t_n}` and the resolved (N,) targets.
+def per_target(logits: Tensor, target: Target) -> tuple[list[Tensor], Tensor, bool]:
+    r"""Scores :math:`\sum_n z_{n, t_{nk}}` for each target column k, and the resolved targets.
 
     Summing over the batch gives per-image gradients because images do not interact in an
     eval-mode classifier: :math:`\partial \sum_m z_{m,t_m} / \partial x_n = \partial z_{n,t_n}
-    / \partial x_n`.
+    / \partial x_n`. Returns ``(scores, targets (N, K), multi)``.
     """
-    logits = check_logits(logits, batch_size)
-    t = resolve_targets(targets, logits)
-    if t.ndim != 1:
-        raise ValueError(
-            f"this method explains one target per image, got targets of shape {tuple(t.shape)}; "
-            "call it once per column"
-        )
-    return logits.gather(1, t[:, None]).sum(), t
+    columns, multi = target.columns(logits)
+    scores = [logits.gather(1, columns[:, k : k + 1]).sum() for k in range(columns.shape[1])]
+    return scores, columns, multi
 
 
-def _input_gradient(
+def stack_targets(parts: list[Tensor], multi: bool) -> Tensor:
+    """(N, ...) for one target, (N, K, ...) for K."""
+    return torch.stack(parts, dim=1) if multi else parts[0]
+
+
+def input_gradient(
     model: nn.Module,
     x: Tensor,
-    targets: TargetSpec,
+    target: Target,
     forward_context: Callable[[], AbstractContextManager] = nullcontext,
-) -> tuple[Tensor, Tensor]:
-    r"""Gradient :math:`\partial z_t / \partial x` and the resolved targets.
+) -> Tensor:
+    r"""Gradient :math:`\partial z_t / \partial x`, (N, C, H, W) or (N, K, C, H, W).
 
     ``forward_context`` is entered around the forward pass only (e.g. a mode that replaces the
-    backward of ReLU); the backward pass runs after it has been left.
+    backward of ReLU); the backward passes run after it has been left. The model gets a
+    non-leaf copy of ``x``, so in-place operations in its forward are recorded by autograd.
     """
-    x = check_input(x)
-    with preserved(model), torch.enable_grad():
-        _freeze(model)
-        leaf = x.detach().requires_grad_(True)
-        # The model gets a non-leaf copy: in-place ops in its forward never reach x.
-        with forward_context():
-            logits = model(leaf.clone())
-        score, t = _target_score(logits, targets, x.shape[0])
-        if not score.requires_grad:
-            raise RuntimeError(
-                "the target logits do not depend on the input through autograd; "
-                "does the model's forward use torch.no_grad() or detach()?"
-            )
-        (grad,) = torch.autograd.grad(score, leaf)
-    return grad, t
+    leaf = x.detach().requires_grad_(True)
+    with forward_context():
+        logits = check_logits(model(leaf.clone()), x.shape[0])
+    if not logits.requires_grad:
+        raise RuntimeError(
+            "the target logits do not depend on the input through autograd; "
+            "does the model's forward use torch.no_grad() or detach()?"
+        )
+    scores, _, multi = per_target(logits, target)
+    grads = [
+        torch.autograd.grad(s, leaf, retain_graph=k < len(scores) - 1)[0]
+        for k, s in enumerate(scores)
+    ]
+    return stack_targets(grads, multi)
 
 
-def gradient(model: nn.Module, x: Tensor, targets: TargetSpec) -> Tensor:
-    r"""Gradient of the target logit: :math:`R = \partial z_t / \partial x`.
-
-    Parameters
-    ----------
-    model
-        Classifier returning (N, classes) logits; evaluated in eval mode.
-    x
-        Input batch (N, C, H, W).
-    targets
-        Class index per image, shape (N,) (an int or ``"predicted"`` also works).
-
-    Returns
-    -------
-    Tensor
-        (N, C, H, W) gradient.
-    """
-    return _input_gradient(model, x, targets)[0]
+@register(
+    "gradient",
+    label="Gradient",
+    family="gradient",
+    summary="gradient of the target logit, dz_t/dx",
+    reference="Simonyan et al. 2014",
+    needs_layers=False,
+)
+def gradient(model: nn.Module, x: Tensor, target: Target) -> Tensor:
+    r"""Gradient of the target logit: :math:`R = \partial z_t / \partial x`, (N, C, H, W)."""
+    return input_gradient(model, x, target)
 
 
-def input_x_gradient(model: nn.Module, x: Tensor, targets: TargetSpec) -> Tensor:
-    r"""Input times gradient: :math:`R = x \odot \partial z_t / \partial x`, shape (N, C, H, W)."""
-    grad, _ = _input_gradient(model, x, targets)
-    return x.detach() * grad
+@register(
+    "input_x_gradient",
+    label="Input x Gradient",
+    family="gradient",
+    summary="input times gradient, x * dz_t/dx",
+    reference="Shrikumar et al. 2016",
+    needs_layers=False,
+)
+def input_x_gradient(model: nn.Module, x: Tensor, target: Target) -> Tensor:
+    r"""Input times gradient: :math:`R = x \odot \partial z_t / \partial x`, (N, C, H, W)."""
+    grad = input_gradient(model, x, target)
+    return (x[:, None] if grad.ndim == x.ndim + 1 else x) * grad

@@ -21,9 +21,9 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.overrides import TorchFunctionMode
 
-from sglrp._checks import TargetSpec
-
-from .gradient import _input_gradient
+from ..targets import Target
+from .gradient import input_gradient
+from .registry import register
 
 __all__ = ["ReluOverride", "deconvnet", "guided_backprop"]
 
@@ -101,20 +101,34 @@ class ReluOverride(TorchFunctionMode):
         return out
 
 
-def guided_backprop(model: nn.Module, x: Tensor, targets: TargetSpec) -> Tensor:
+@register(
+    "guided_backprop",
+    label="Guided Backprop",
+    family="gradient",
+    summary="gradient with ReLUs passing only positive gradients where their input was positive",
+    reference="Springenberg et al. 2015",
+)
+def guided_backprop(model: nn.Module, x: Tensor, target: Target) -> Tensor:
     r"""Guided backpropagation (Springenberg et al., 2015), shape (N, C, H, W).
 
     The gradient :math:`\partial z_t / \partial x` in which each ReLU's backward passes only
     positive gradients at positions where its forward input was positive:
     :math:`g_{in} = [x > 0] \cdot \max(g_{out}, 0)`.
     """
-    return _input_gradient(model, x, targets, lambda: ReluOverride("guided"))[0]
+    return input_gradient(model, x, target, lambda: ReluOverride("guided"))
 
 
-def deconvnet(model: nn.Module, x: Tensor, targets: TargetSpec) -> Tensor:
+@register(
+    "deconvnet",
+    label="DeconvNet",
+    family="gradient",
+    summary="gradient with ReLUs passing the ReLU of the incoming gradient",
+    reference="Zeiler & Fergus 2014",
+)
+def deconvnet(model: nn.Module, x: Tensor, target: Target) -> Tensor:
     r"""DeconvNet (Zeiler & Fergus, 2014), shape (N, C, H, W).
 
     The gradient :math:`\partial z_t / \partial x` in which each ReLU's backward is the ReLU of
     the incoming gradient, ignoring the forward mask: :math:`g_{in} = \max(g_{out}, 0)`.
     """
-    return _input_gradient(model, x, targets, lambda: ReluOverride("deconvnet"))[0]
+    return input_gradient(model, x, target, lambda: ReluOverride("deconvnet"))

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_input, check_model
 from .._guard import preserved
+from ..validation import check_input, check_model
 
 __all__ = ["deconvnet", "deconvnet_display", "feature_chain"]
 

@@ -41,15 +41,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._checks import TargetSpec
 from ..io import atomic_path, write_json
 from ..presets import Bounds
 from ..propagation import RulesSpec
 from ..propagation.output import OutputRelevance
+from ..targets import TargetSpec
 from .relevance import (
     Masks,
     NeuronRelevance,
-    _mask_sites,
     _order_run,
     as_masks,
     neuron_relevance,
@@ -195,7 +194,6 @@ def neuron_flows(
         if layer not in position:
             raise ValueError(f"layer {layer!r} is not among the graph layers {layers}")
     sel = {k: torch.as_tensor(v).reshape(-1).bool() for k, v in (selection or {}).items()}
-    sites = _mask_sites(model, x, rules, bounds, epsilon)
     jobs = [(position[layer], int(index)) for layer, index in neurons]
     info = {layer.name: layer for layer in _order_run(model, x)[0]}
     widths: dict[str, int] = {}
@@ -222,7 +220,6 @@ def neuron_flows(
             bounds,
             record=below,
             epsilon=epsilon,
-            sites=sites,
         )
         for j, (pos, index) in enumerate(chunk):
             key = (layers[pos], index)

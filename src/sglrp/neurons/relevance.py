@@ -18,33 +18,25 @@ engine in :mod:`sglrp.propagation` is used unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from .._checks import (
-    TargetSpec,
-    check_input,
-    check_logits,
-    check_model,
-    model_logits,
-    resolve_targets,
-)
-from .._guard import HookSet, preserved
-from ..presets import Bounds, resolve_rules
-from ..propagation import PropagationResult, Propagator, RulesSpec, propagate
+from .._guard import preserved
+from ..presets import Bounds
+from ..propagation import PropagationResult, RulesSpec, neuron_sites, propagate
 from ..propagation.layers import LINEAR_TYPES
 from ..propagation.output import OutputRelevance, output_relevance_fn
+from ..targets import TargetSpec, resolve_targets
+from ..validation import check_input, check_logits, check_model, model_logits
 
 __all__ = [
     "LayerInfo",
     "NeuronRelevance",
     "ablated_logits",
     "as_masks",
-    "masked_gradients",
     "neuron_layers",
     "neuron_relevance",
     "propagate_masked",
@@ -125,15 +117,13 @@ def _mask_sites(
     model: nn.Module, x: Tensor, rules: RulesSpec, bounds: Bounds | None, epsilon: float | None
 ) -> dict[str, nn.Module]:
     """Module whose output carries each conv/linear layer's neurons (its BatchNorm if merged)."""
-    propagator = Propagator(model, resolve_rules(rules, x, bounds, epsilon))
+    modules = dict(model.named_modules())
     return {
-        name: propagator.pairs.get(module, module)
-        for name, module in model.named_modules()
-        if isinstance(module, LINEAR_TYPES)
+        name: modules[site] for name, site in neuron_sites(model, x, rules, bounds, epsilon).items()
     }
 
 
-def _check_layer_names(masks: Iterable[str], sites: Mapping[str, nn.Module]) -> None:
+def _check_layer_names(masks: Iterable[str], sites: Iterable[str]) -> None:
     for name in masks:
         if name not in sites:
             known = ", ".join(list(sites)[:30])
@@ -173,73 +163,6 @@ def _view_mask(mask: Tensor, output: Tensor, name: str) -> Tensor:
     return mask.view(*mask.shape, *([1] * (output.ndim - 2)))
 
 
-class _GradMask(torch.autograd.Function):
-    """Identity in the forward pass; multiplies the incoming gradient by a mask."""
-
-    @staticmethod
-    def forward(ctx, value: Tensor, mask: Tensor) -> Tensor:
-        ctx.save_for_backward(mask)
-        ctx.mark_dirty(value)
-        return value
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        (mask,) = ctx.saved_tensors
-        return grad * mask, None
-
-
-def _grad_mask(value: Tensor, mask: Tensor) -> Tensor:
-    if value._base is not None or value.is_leaf:  # mark_dirty needs an owned non-leaf tensor
-        value = value.clone()
-    return _GradMask.apply(value, mask)
-
-
-@contextmanager
-def masked_gradients(masks: Masks, sites: Mapping[str, nn.Module]) -> Iterator[None]:
-    """Zero the gradient at unselected neurons of the given layers while the block runs.
-
-    Parameters
-    ----------
-    masks
-        Layer name -> (N, C) float mask.
-    sites
-        Layer name -> module whose output carries the layer's neurons.
-
-    Every hook is removed on exit, also on errors. A forward pre-hook on each site registers,
-    at call time, a one-shot forward hook that runs after every hook registered before the
-    call (those of the propagation engine), and wraps the output: the forward value is
-    unchanged, the backward gradient :math:`s` becomes :math:`s \\odot m`.
-    """
-    _check_layer_names(masks, sites)
-    local = HookSet()
-
-    def pre_hook_for(name: str, module: nn.Module):
-        mask = masks[name]
-
-        def forward_hook(mod: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
-            handle.remove()
-            if not isinstance(output, Tensor) or not output.requires_grad:
-                return None
-            return _grad_mask(output, _view_mask(mask, output, name))
-
-        handle = None
-
-        def pre_hook(mod: nn.Module, args: tuple) -> None:
-            nonlocal handle
-            handle = mod.register_forward_hook(forward_hook)
-            local.add(handle)
-
-        return pre_hook
-
-    try:
-        for name in masks:
-            module = sites[name]
-            local.add(module.register_forward_pre_hook(pre_hook_for(name, module)))
-        yield
-    finally:
-        local.remove()
-
-
 def propagate_masked(
     model: nn.Module,
     x: Tensor,
@@ -250,7 +173,6 @@ def propagate_masked(
     bounds: Bounds | None = None,
     record: Iterable[str] = (),
     epsilon: float | None = None,
-    sites: Mapping[str, nn.Module] | None = None,
 ) -> PropagationResult:
     """:func:`sglrp.propagation.propagate` with gradient masks at chosen layers.
 
@@ -260,12 +182,9 @@ def propagate_masked(
     layer is the masked relevance.
     """
     masks = as_masks(masks or {}, x.shape[0], x.dtype)
-    if not masks:
-        return propagate(model, x, targets, method, rules, bounds, record, epsilon)
-    if sites is None:
-        sites = _mask_sites(model, x, rules, bounds, epsilon)
-    with preserved(model), masked_gradients(masks, sites):
-        return propagate(model, x, targets, method, rules, bounds, record, epsilon)
+    layers = {name for name, m in model.named_modules() if isinstance(m, LINEAR_TYPES)}
+    _check_layer_names(masks, layers)
+    return propagate(model, x, targets, method, rules, bounds, record, epsilon, masks=masks)
 
 
 @dataclass

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._checks import TargetSpec
 from ..presets import Bounds
 from ..propagation import RulesSpec
 from ..propagation.output import OutputRelevance
+from ..targets import TargetSpec
 from .relevance import (
     _mask_sites,
     ablated_logits,
@@ -305,7 +305,7 @@ def selection_curve(
         k_rows = torch.tensor([k for k, _ in chunk])[:, None]
         sel = {name: _ranks(_score(rel[name], by)) < k_rows for name in layers}
         result = propagate_masked(
-            model, xs, full.targets[idx], sel, method, rules, bounds, epsilon=epsilon, sites=sites
+            model, xs, full.targets[idx], sel, method, rules, bounds, epsilon=epsilon
         )
         restricted = _heatmap(result.input_relevance).double()
         logits = ablated_logits(model, xs, sel, sites=sites).double()

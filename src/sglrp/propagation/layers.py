@@ -1,18 +1,22 @@
 """The linear map of a layer: forward with modified parameters and its input gradient.
 
-A :class:`LinearOp` wraps ``nn.Linear`` or ``nn.ConvNd``, optionally merged with the
-``BatchNorm`` that directly follows it (:math:`w' = w\\,\\gamma/\\sigma`,
-:math:`b' = (b - \\mu)\\,\\gamma/\\sigma + \\beta`), so that a rule sees one affine layer.
+A :class:`LinearOp` is a dense or convolutional affine map ``x -> x W^T + b`` as called by
+``F.linear`` / ``F.convNd`` (from a module or written functionally), optionally merged with
+the eval-mode ``BatchNorm`` applied directly to its output
+(:math:`w' = w\\,\\gamma/\\sigma`, :math:`b' = (b - \\mu)\\,\\gamma/\\sigma + \\beta`), so
+that a rule sees one affine layer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..rules import keep
 
 LINEAR_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -29,29 +33,33 @@ _CONV_INPUT_GRAD = {
 }
 
 
-def _conv_padding(module: nn.Module, name: str) -> tuple[int, ...]:
-    """Explicit integer padding of a conv layer; raise for what the rules cannot handle."""
-    if module.padding_mode != "zeros":
-        raise ValueError(
-            f"layer '{name}' ({type(module).__name__}) uses padding_mode="
-            f"'{module.padding_mode}', which the LRP rules do not support; assign it the "
-            "Gradient() rule or use zero padding"
-        )
-    padding = module.padding
+def _tuple(value: int | tuple[int, ...] | list[int], ndim: int) -> tuple[int, ...]:
+    return tuple(value) if isinstance(value, tuple | list) else (int(value),) * ndim
+
+
+def conv_padding(
+    padding: str | int | tuple[int, ...],
+    kernel_size: tuple[int, ...],
+    dilation: tuple[int, ...],
+    where: str,
+) -> tuple[int, ...]:
+    """Explicit integer padding of a convolution; raise for what the rules cannot handle."""
+    ndim = len(kernel_size)
     if padding == "valid":
-        return (0,) * len(module.kernel_size)
+        return (0,) * ndim
     if padding == "same":
         pads = []
-        for k, d in zip(module.kernel_size, module.dilation, strict=True):
+        for k, d in zip(kernel_size, dilation, strict=True):
             total = d * (k - 1)
             if total % 2:
                 raise ValueError(
-                    f"layer '{name}' uses padding='same' with an even kernel, which pads "
-                    "asymmetrically; the LRP rules support symmetric padding only"
+                    f"{where} uses padding='same' with an even kernel, which pads "
+                    "asymmetrically; the LRP rules support symmetric padding only (pad "
+                    "explicitly with F.pad, or assign the layer Gradient())"
                 )
             pads.append(total // 2)
         return tuple(pads)
-    return tuple(padding)
+    return _tuple(padding, ndim)
 
 
 @dataclass
@@ -69,30 +77,56 @@ class LinearOp:
     _cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def of(cls, module: nn.Module, name: str, batchnorm: nn.Module | None = None) -> LinearOp:
-        """The op of ``module``, merged with ``batchnorm`` (eval statistics) if given."""
-        weight = module.weight.detach()
-        bias = module.bias.detach() if module.bias is not None else None
-        if batchnorm is not None:
-            scale = (batchnorm.running_var.detach() + batchnorm.eps).rsqrt()
-            if batchnorm.weight is not None:
-                scale = scale * batchnorm.weight.detach()
-            shift = -batchnorm.running_mean.detach() * scale
-            if batchnorm.bias is not None:
-                shift = shift + batchnorm.bias.detach()
-            weight = weight * scale.view(-1, *([1] * (weight.ndim - 1)))
-            bias = shift if bias is None else bias * scale + shift
-        if isinstance(module, nn.Linear):
-            return cls(weight, bias)
+    def linear(cls, weight: Tensor, bias: Tensor | None) -> LinearOp:
+        """The op of ``F.linear(x, weight, bias)``."""
+        return cls(weight.detach(), None if bias is None else bias.detach())
+
+    @classmethod
+    def conv(
+        cls,
+        weight: Tensor,
+        bias: Tensor | None,
+        stride: int | tuple[int, ...],
+        padding: str | int | tuple[int, ...],
+        dilation: int | tuple[int, ...],
+        groups: int,
+        where: str,
+    ) -> LinearOp:
+        """The op of ``F.convNd(x, weight, bias, stride, padding, dilation, groups)``."""
+        ndim = weight.ndim - 2
+        dilation = _tuple(dilation, ndim)
         return cls(
-            weight,
-            bias,
-            ndim=weight.ndim - 2,
-            stride=tuple(module.stride),
-            padding=_conv_padding(module, name),
-            dilation=tuple(module.dilation),
-            groups=module.groups,
+            weight.detach(),
+            None if bias is None else bias.detach(),
+            ndim=ndim,
+            stride=_tuple(stride, ndim),
+            padding=conv_padding(padding, tuple(weight.shape[2:]), dilation, where),
+            dilation=dilation,
+            groups=int(groups),
         )
+
+    def merged(
+        self,
+        running_mean: Tensor,
+        running_var: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        eps: float,
+    ) -> LinearOp:
+        """This op followed by an eval-mode batch norm, as one affine op."""
+        scale = (running_var.detach() + eps).rsqrt()
+        if weight is not None:
+            scale = scale * weight.detach()
+        shift = -running_mean.detach() * scale
+        if bias is not None:
+            shift = shift + bias.detach()
+        w = self.weight * scale.view(-1, *([1] * (self.weight.ndim - 1)))
+        b = shift if self.bias is None else self.bias * scale + shift
+        return replace(self, weight=w, bias=b, _cache={})
+
+    @property
+    def out_features(self) -> int:
+        return int(self.weight.shape[0])
 
     # -- parameters -------------------------------------------------------------------------
 
@@ -106,7 +140,7 @@ class LinearOp:
     def param(self, modifier: Callable[[Tensor], Tensor], rows: slice | None = None) -> Tensor:
         """``modifier(weight[rows])``, cached while :attr:`caching` is on (small weights only)."""
         weight = self.weight if rows is None else self.weight[rows]
-        if modifier.__name__ == "keep":
+        if modifier is keep:
             return weight
         if rows is not None or not self.caching or weight.numel() > CHUNK_ELEMENTS:
             return modifier(weight)

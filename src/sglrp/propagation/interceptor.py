@@ -1,0 +1,890 @@
+"""The forward pass of a propagation: every operation on activations gets its LRP treatment.
+
+:class:`Interceptor` is a :class:`torch.overrides.TorchFunctionMode`: it sees every torch
+function the model calls, whatever its spelling (module, ``torch.nn.functional``, tensor
+method, operator), and gives each one that acts on activations its treatment:
+
+* ``F.linear`` / ``F.convNd`` with constant weights: the rule of the module that calls it
+  (a :class:`~sglrp.propagation.nodes.RuleNode`); an eval-mode batch norm applied directly to
+  its output is merged into it, and an in-place ReLU directly after it is folded into it;
+* elementwise nonlinearities (SiLU, GELU, sigmoid, tanh, hard-swish, ...): the identity rule;
+* a product of two activations: the gating rule (:class:`~sglrp.rules.Gate`, the default:
+  the factor from a sigmoid or hard-sigmoid, or the broadcast one, is a constant gate) or the
+  uniform rule (:class:`~sglrp.rules.Uniform`);
+* LayerNorm, GroupNorm, instance and RMS norm: the standard deviation held constant;
+* softmax (attention weights): constant under CP-LRP, its gradient (AttnLRP's softmax rule)
+  under AttnLRP; ``F.scaled_dot_product_attention`` and ``nn.MultiheadAttention`` are
+  decomposed so that their projections get rules;
+* max pooling: all relevance to the winner (or :class:`~sglrp.rules.ProportionalPool`).
+
+Everything else keeps its ordinary gradient, which in the backward pass's form (relevance
+per unit of activation) is exact proportional redistribution for operations linear in the
+activations (sums, means, pooling, reshapes, concatenation, constant scaling). What the
+engine cannot treat is found afterwards in the autograd graph (:mod:`.graphcheck`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from ..rules import (
+    Gate,
+    Gradient,
+    LinearRule,
+    Pass,
+    ProportionalPool,
+    Rule,
+    RuleMap,
+    Uniform,
+)
+from . import attention
+from .graphcheck import Site, judge
+from .layers import LinearOp
+from .nodes import (
+    UNSAVED_OUTPUTS,
+    FusedRelu,
+    GradMask,
+    MaxPoolIndices,
+    PassNode,
+    Replace,
+    RuleNode,
+    Tap,
+)
+from .state import RuleState
+
+T = torch.Tensor
+
+LINEAR_KINDS: dict[Callable, type[nn.Module]] = {
+    F.linear: nn.Linear,
+    F.conv1d: nn.Conv1d,
+    F.conv2d: nn.Conv2d,
+    F.conv3d: nn.Conv3d,
+}
+"""Functional linear maps, with the module type whose rules they follow."""
+
+#: Elementwise nonlinearities (identity rule) -> position of their ``inplace`` argument.
+ACTIVATIONS: dict[Callable, int | None] = {
+    F.silu: 1,
+    F.gelu: None,
+    F.hardswish: 1,
+    F.mish: 1,
+    F.elu: 2,
+    F.selu: 1,
+    F.celu: 2,
+    F.leaky_relu: 2,
+    F.relu6: 1,
+    F.hardtanh: 3,
+    F.hardsigmoid: 1,
+    F.softplus: None,
+    F.logsigmoid: None,
+    F.softsign: None,
+    F.tanhshrink: None,
+    F.prelu: None,
+    F.rrelu: 4,
+    F.threshold: 3,
+    torch.sigmoid: None,
+    T.sigmoid: None,
+    torch.tanh: None,
+    T.tanh: None,
+    T.sigmoid_: -1,
+    T.tanh_: -1,
+    torch.sigmoid_: -1,
+    torch.tanh_: -1,
+}
+GATE_FUNCTIONS = frozenset({F.hardsigmoid, torch.sigmoid, T.sigmoid, T.sigmoid_, torch.sigmoid_})
+"""Functions whose output is a gate in [0, 1] (the factor a :class:`Gate` holds constant)."""
+RELUS: dict[Callable, bool] = {
+    F.relu: False,
+    torch.relu: False,
+    T.relu: False,
+    torch.relu_: True,
+    T.relu_: True,
+}
+PRODUCTS = frozenset(
+    {torch.mul, T.mul, T.__mul__, T.__rmul__, T.mul_, T.__imul__, torch.multiply, T.multiply}
+)
+MATMULS = frozenset(
+    {torch.matmul, T.matmul, T.__matmul__, T.__rmatmul__, torch.bmm, T.bmm, torch.mm, T.mm}
+)
+SOFTMAXES = frozenset({F.softmax, torch.softmax, T.softmax})
+NORMS = frozenset({F.layer_norm, F.group_norm, F.instance_norm, F.rms_norm})
+_METADATA = {
+    "size",
+    "dim",
+    "numel",
+    "__get__",
+    "__set__",
+    "stride",
+    "is_contiguous",
+    "element_size",
+}
+
+ATTENTION_MODES = ("cp", "attnlrp")
+
+
+@dataclass
+class Treatment:
+    """One row of :func:`sglrp.inspect`: an operation and what the engine does with it."""
+
+    index: int
+    module: str
+    module_type: str
+    op: str
+    treatment: str
+
+
+@dataclass
+class Pending:
+    """A rule node whose ratios are computed when its output is first used.
+
+    Deferring lets an eval-mode batch norm that directly follows be merged into the layer
+    and an in-place ReLU be folded into its ratios.
+    """
+
+    out: Tensor
+    version: int
+    state: RuleState
+    layer_input: Tensor
+    input_version: int
+    sink: Tensor | None
+    taps: list[str] = field(default_factory=list)
+    masks: list[tuple[str, Tensor]] = field(default_factory=list)
+    module: str = ""
+    superseded: bool = False
+
+
+def _tensors(args: Any) -> Iterator[Tensor]:
+    for arg in args:
+        if isinstance(arg, Tensor):
+            yield arg
+        elif isinstance(arg, list | tuple):
+            yield from _tensors(arg)
+
+
+def _active(t: object) -> bool:
+    return isinstance(t, Tensor) and t.requires_grad
+
+
+def _inplace(args: tuple, kwargs: dict, position: int | None) -> bool:
+    if position is None:
+        return False
+    if position < 0:
+        return True
+    return bool(kwargs.get("inplace", args[position] if len(args) > position else False))
+
+
+class Interceptor(TorchFunctionMode):
+    """The treatments of one forward pass (see the module docstring).
+
+    Parameters
+    ----------
+    rule_map
+        Rules by module name or type; ``rule_map.first`` overrides the first linear layer.
+    names
+        Module -> name.
+    attention_mode
+        ``"cp"`` or ``"attnlrp"``.
+    last_pass
+        Shared with the rule states (see :class:`RuleState`).
+    log
+        Keep a :class:`Treatment` per operation (for :func:`sglrp.inspect`).
+    """
+
+    def __init__(
+        self,
+        rule_map: RuleMap,
+        names: dict[nn.Module, str],
+        attention_mode: str,
+        last_pass: list[bool],
+        log: bool = False,
+    ) -> None:
+        super().__init__()
+        if attention_mode not in ATTENTION_MODES:
+            raise ValueError(
+                f"unknown attention treatment {attention_mode!r}; use 'cp' (CP-LRP, attention "
+                "weights constant) or 'attnlrp'"
+            )
+        self.rule_map = rule_map
+        self.names = names
+        self.attention = attention_mode
+        self.last_pass = last_pass
+        self.stack: list[nn.Module] = []
+        self.pending: dict[int, Pending] = {}
+        self.last: Pending | None = None
+        self.first_input: Tensor | None = None
+        self.sinks: list[Tensor] = []
+        self.gates: dict[int, Tensor] = {}
+        self.sites: dict[int, tuple[str, Site]] = {}
+        self.kept: list[Any] = []  # grad_fn nodes whose site says gradient_ok
+        self.treatments: list[Treatment] | None = [] if log else None
+        self.unmatched_linear: list[str] = []
+        self.taps: dict[str, list[Tensor]] = {}
+        self.recorded: dict[str, Tensor] = {}
+        self.tapped: dict[str, Tensor] = {}
+        self.tapped_version: dict[str, int] = {}
+        self.merged: dict[str, str] = {}  # linear layer (where) -> module of its merged norm
+        self.quiet = False
+        self._rules: dict[tuple[int, type | None], Rule | None] = {}
+
+    # -- sites and rules --------------------------------------------------------------------
+
+    def module(self) -> nn.Module | None:
+        return self.stack[-1] if self.stack else None
+
+    def rule_of(self, module: nn.Module | None) -> Rule | None:
+        if module is None:
+            return None
+        key = (id(module), None)
+        if key not in self._rules:
+            self._rules[key] = self.rule_map.rule_for(self.names[module], module)
+        return self._rules[key]
+
+    def site(self, op: str) -> Site:
+        module = self.module()
+        name = self.names[module] if module is not None else ""
+        gradient_ok = any(isinstance(self.rule_of(m), Gradient) for m in self.stack)
+        return Site(op, name, type(module).__name__ if module is not None else "", gradient_ok)
+
+    def note(self, op: str, treatment: str) -> None:
+        if self.treatments is not None:
+            site = self.site(op)
+            self.treatments.append(
+                Treatment(len(self.treatments), site.module, site.module_type, op, treatment)
+            )
+
+    def _record(self, result: Any, op: str) -> None:
+        site = None
+        for t in _tensors(result if isinstance(result, tuple | list) else (result,)):
+            node = t.grad_fn
+            if node is None:
+                continue
+            site = site or self.site(op)
+            self.sites[id(node)] = (type(node).__name__, site)
+            if site.gradient_ok:
+                self.kept.append(node)
+
+    def attribute(self, node: Any, module: nn.Module) -> None:
+        """Attribute a module's output node to the module if no operation claimed it."""
+        if id(node) not in self.sites:
+            self.sites[id(node)] = (type(node).__name__, self.site(type(node).__name__))
+
+    def linear_rule(self, kind: type[nn.Module], where: str) -> Rule | None:
+        """The rule of a linear op: the calling module's, else the first entry of its kind."""
+        module = self.module()
+        rule = self.rule_of(module)
+        if not isinstance(rule, LinearRule | Gradient):
+            if rule is not None and not isinstance(rule, Gradient):
+                raise ValueError(
+                    f"{where} got the rule {rule.name}, which is not a rule for linear layers; "
+                    "use a linear rule such as ZPlus or Epsilon, or Gradient()"
+                )
+            rule = self.rule_map.rule_for_type(kind)
+        return rule
+
+    # -- lazily computed ratios -------------------------------------------------------------
+
+    def finalize(self, pending: Pending, start_from_relevance: bool = False) -> None:
+        """Compute the ratios of a pending rule node (its output is about to be used)."""
+        self.pending.pop(id(pending.out), None)
+        if pending.layer_input._version != pending.input_version:
+            raise RuntimeError(
+                f"the input of layer '{pending.state.name}' was changed in place after the "
+                "layer, before its output was used; the rules need the input as the layer saw "
+                "it (avoid the in-place operation, or assign the layer Gradient())"
+            )
+        x, value = pending.layer_input.detach(), pending.out.detach()
+        with torch.no_grad():
+            if start_from_relevance:
+                pending.state.start_from_relevance(x, value)
+            else:
+                pending.state.compute_ratios(x, value)
+        pending.state.op.release()
+
+    def consume(self, args: tuple, kwargs: dict) -> None:
+        """Finalize every pending rule node whose output this call uses."""
+        if not self.pending:
+            return
+        for t in _tensors((*args, *kwargs.values())):
+            pending = self.pending.get(id(t))
+            if pending is not None and pending.out is t:
+                self.finalize(pending)
+
+    def finish(self, logits: Tensor) -> bool:
+        """End of the forward pass: finalize what is left; True if the logits come straight
+        from a rule layer (then the backward starts with relevance, not relevance / z)."""
+        start = False
+        for pending in list(self.pending.values()):
+            if pending.out is logits and not pending.superseded:
+                self.finalize(pending, start_from_relevance=True)
+                start = True
+            elif not pending.superseded:
+                self.finalize(pending)
+        self.pending.clear()
+        self.last = None
+        return start
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name in _METADATA or self.quiet:
+            return func(*args, **kwargs)
+        last, self.last = self.last, None
+        if not any(_active(t) for t in _tensors((*args, *kwargs.values()))):
+            self.consume(args, kwargs)
+            return func(*args, **kwargs)
+        handler = self._handler(func, name)
+        if handler is None:
+            self.consume(args, kwargs)
+            result = func(*args, **kwargs)
+            if self.treatments is not None:
+                node = getattr(result, "grad_fn", None)
+                why = None if node is None else judge(node, self.attention == "attnlrp")
+                self.note(name, "gradient" if why is None else f"unsupported: {why}")
+        else:
+            result = handler(func, args, kwargs, last)
+        self._record(result, name)
+        return result
+
+    def _handler(self, func: Callable, name: str) -> Callable | None:
+        if func in LINEAR_KINDS:
+            return self._linear
+        if func is F.batch_norm:
+            return self._batch_norm
+        if func in RELUS:
+            return self._relu
+        if func in ACTIVATIONS:
+            return self._activation
+        if func in PRODUCTS:
+            return self._product
+        if func in MATMULS:
+            return self._matmul
+        if func in SOFTMAXES:
+            return self._softmax
+        if func in NORMS:
+            return self._norm
+        if func is F.glu:
+            return self._glu
+        if func is F.scaled_dot_product_attention:
+            return self._sdpa
+        if func is F.multi_head_attention_forward:
+            return self._mha
+        if name == "max_pool2d":
+            return self._max_pool
+        return None
+
+    # -- linear layers, batch norm, ReLU ----------------------------------------------------
+
+    def rule_node(
+        self,
+        op: LinearOp,
+        rule: LinearRule,
+        layer_input: Tensor,
+        value: Tensor,
+        where: str,
+    ) -> Tensor:
+        """Wrap ``value`` (the layer's output) in a pending rule node."""
+        if rule.relevance_form and layer_input is not self.first_input:
+            raise ValueError(
+                f"rule {rule.name} on {where} needs the model input as the layer input; apply "
+                "it only to the first layer"
+            )
+        nonneg = bool(layer_input.min() >= 0) if rule.needs_sign else False
+        state = RuleState(
+            op=op,
+            rule=rule,
+            input_shape=layer_input.shape,
+            nonneg=nonneg,
+            name=where,
+            last_pass=self.last_pass,
+        )
+        if rule.relevance_form or (not nonneg and rule.needs_sign):
+            state.x = layer_input.detach()
+        if rule.bounds() is not None:
+            low, high = rule.bounds()
+            state.bounds = (normalise_bound(low, layer_input), normalise_bound(high, layer_input))
+        sink = None
+        if rule.relevance_form:
+            sink = torch.zeros((), dtype=layer_input.dtype, device=layer_input.device)
+            sink = sink.expand_as(layer_input).detach().requires_grad_(True)
+            self.sinks.append(sink)
+        out = RuleNode.apply(layer_input, sink, value.detach(), state)
+        pending = Pending(out, out._version, state, layer_input, layer_input._version, sink)
+        pending.module = self.stack_name()
+        self.pending[id(out)] = pending
+        self.last = pending
+        return out
+
+    def _linear(self, func, args, kwargs, last):
+        self.consume(args, kwargs)
+        bound = _bind_linear(func, args, kwargs)
+        x, weight = bound["input"], bound["weight"]
+        where = self._where(func.__name__)
+        if not _active(x) or _active(weight) or _active(bound.get("bias")):
+            result = func(*args, **kwargs)
+            self.note(func.__name__, "gradient (weights depend on the input)")
+            return result
+        first = self.first_input is None
+        if first:
+            self.first_input = x
+        rule = self.rule_map.first if first and self.rule_map.first is not None else None
+        rule = rule or self.linear_rule(LINEAR_KINDS[func], where)
+        value = func(*args, **kwargs)
+        if rule is None or isinstance(rule, Gradient):
+            if rule is None:
+                self.unmatched_linear.append(where)
+            self.note(func.__name__, "gradient (LRP-0 with bias)" + ("" if rule else ": no rule"))
+            return value
+        if func is F.linear:
+            op = LinearOp.linear(weight, bound.get("bias"))
+        else:
+            op = LinearOp.conv(
+                weight,
+                bound.get("bias"),
+                bound.get("stride", 1),
+                bound.get("padding", 0),
+                bound.get("dilation", 1),
+                bound.get("groups", 1),
+                where,
+            )
+        self.note(func.__name__, f"rule {_describe(rule)}")
+        return self.rule_node(op, rule, x, value, where)
+
+    def _batch_norm(self, func, args, kwargs, last):
+        bound = _bind(
+            (
+                "input",
+                "running_mean",
+                "running_var",
+                "weight",
+                "bias",
+                "training",
+                "momentum",
+                "eps",
+            ),
+            args,
+            kwargs,
+        )
+        x = bound["input"]
+        if bound.get("training", False) or bound.get("running_mean") is None:
+            raise ValueError(
+                f"batch norm in {self._where('batch_norm')} normalises with the batch's own "
+                "statistics (no running statistics), so each image's explanation would depend on "
+                "the others; use running statistics (track_running_stats=True)"
+            )
+        value = func(*args, **kwargs)
+        fresh = last is not None and x is last.out and x._version == last.version
+        if not (fresh and isinstance(last.state.rule, LinearRule)) or _active(bound.get("weight")):
+            self.consume(args, kwargs)
+            self.note("batch_norm", "gradient (affine with running statistics)")
+            return value
+        op = last.state.op.merged(
+            bound["running_mean"],
+            bound["running_var"],
+            bound.get("weight"),
+            bound.get("bias"),
+            float(bound.get("eps", 1e-5)),
+        )
+        last.superseded = True
+        self.note("batch_norm", f"merged into {last.state.name}")
+        out = self.rule_node(op, last.state.rule, last.layer_input, value, last.state.name)
+        self.pending[id(out)].module = last.module
+        for name in last.taps:  # relevance is the same on both sides of the pair
+            out = self.tap(name, out)
+        for name, mask in last.masks:
+            out = self.mask(name, out, mask)
+        self.merged[last.module] = self.stack_name()
+        return out
+
+    def stack_name(self) -> str:
+        module = self.module()
+        return self.names[module] if module is not None else ""
+
+    def mask(self, name: str, output: Tensor, mask: Tensor) -> Tensor:
+        """Multiply the relevance arriving at ``output`` (layer ``name``) by a per-channel
+        ``mask`` (N, C) in the backward pass."""
+        if output.ndim < 2 or output.shape[1] != mask.shape[1] or output.shape[0] != mask.shape[0]:
+            raise ValueError(
+                f"the mask of layer {name!r} selects among {mask.shape[1]} neurons of "
+                f"{mask.shape[0]} images but the layer output has shape {tuple(output.shape)}; "
+                "give (N, C) with one entry per output channel"
+            )
+        self.quiet = True
+        try:
+            view = mask.to(output.dtype).view(*mask.shape, *([1] * (output.ndim - 2)))
+            inplace = output.grad_fn is None or isinstance(output.grad_fn, UNSAVED_OUTPUTS)
+            masked = GradMask.apply(output, view, inplace)
+        finally:
+            self.quiet = False
+        pending = self.pending.get(id(masked))
+        if pending is not None and pending.out is masked:
+            pending.version = masked._version
+            pending.masks.append((name, mask))
+        return masked
+
+    def tap(self, name: str, output: Tensor) -> Tensor:
+        """Record the relevance arriving at ``output`` (a module's output) under ``name``."""
+        self.quiet = True  # the calls below are the engine's own, not the model's
+        try:
+            sink = self.taps.setdefault(name, [])
+            self.recorded[name] = output.detach().clone()
+            inplace = output.grad_fn is None or isinstance(output.grad_fn, UNSAVED_OUTPUTS)
+            tapped = Tap.apply(output, sink, inplace)
+        finally:
+            self.quiet = False
+        self.tapped[name] = tapped
+        self.tapped_version[name] = tapped._version
+        pending = self.pending.get(id(tapped))
+        if pending is not None and pending.out is tapped:
+            pending.version = tapped._version
+            pending.taps.append(name)
+        return tapped
+
+    def _relu(self, func, args, kwargs, last):
+        x = args[0] if args else kwargs["input"]
+        inplace = RELUS[func] or (
+            func is F.relu and bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
+        )
+        fresh = last is not None and x is last.out and x._version == last.version
+        # a tapped output must keep the ReLU above the tap: folding the mask into the rule's
+        # ratios would apply it below the recorded relevance
+        if inplace and fresh and not last.taps:
+            self.pending.pop(id(x), None)
+            self.finalize(last)
+            last.state.mask_ratios(x > 0)
+            self.note(func.__name__, f"identity, folded into {last.state.name}")
+            return FusedRelu.apply(x)
+        self.consume(args, kwargs)
+        self.note(func.__name__, "identity (its gradient)")
+        return func(*args, **kwargs)
+
+    # -- elementwise nonlinearities ---------------------------------------------------------
+
+    def _activation(self, func, args, kwargs, last):
+        self.consume(args, kwargs)
+        x = args[0] if args else kwargs["input"]
+        rule = self.rule_of(self.module())
+        if isinstance(rule, Gradient) or not _active(x):
+            self.note(func.__name__, "gradient (rule Gradient)")
+            return func(*args, **kwargs)
+        if rule is not None and not isinstance(rule, Pass):
+            raise ValueError(
+                f"{self._where(func.__name__)} got the rule {rule.name}; an elementwise "
+                "function takes Pass() (the identity rule, the default) or Gradient()"
+            )
+        inplace = _inplace(args, kwargs, ACTIVATIONS[func])
+        with torch.no_grad():
+            value = _out_of_place(func, args, kwargs)
+        eps = rule.stabilizer if isinstance(rule, Pass) else Pass().stabilizer
+        out = PassNode.apply(x, value, eps)
+        self.note(func.__name__, "identity rule")
+        if func in GATE_FUNCTIONS:
+            self.gates[id(out)] = out
+        if inplace:
+            x.copy_(out)
+            if func in GATE_FUNCTIONS:
+                self.gates[id(x)] = x
+            return x
+        return out
+
+    # -- products ---------------------------------------------------------------------------
+
+    def _product_rule(self) -> Rule:
+        rule = self.rule_of(self.module())
+        return rule if isinstance(rule, Gate | Uniform | Gradient) else Gate()
+
+    def _gate_operand(self, a: Tensor, b: Tensor, rule: Gate, where: str) -> int | None:
+        if rule.operand != "auto":
+            return int(rule.operand)
+        tagged = [self.gates.get(id(t)) is t for t in (a, b)]
+        if tagged[0] != tagged[1]:
+            return 1 if tagged[1] else 0
+        if a.numel() != b.numel():
+            shape = torch.broadcast_shapes(a.shape, b.shape)
+            if tuple(b.shape) != tuple(shape) and tuple(a.shape) == tuple(shape):
+                return 1
+            if tuple(a.shape) != tuple(shape) and tuple(b.shape) == tuple(shape):
+                return 0
+        return None
+
+    def _product(self, func, args, kwargs, last):
+        self.consume(args, kwargs)
+        a = args[0] if args else kwargs["input"]
+        b = args[1] if len(args) > 1 else kwargs.get("other")
+        if not (_active(a) and _active(b)):
+            return func(*args, **kwargs)
+        rule = self._product_rule()
+        where = self._where("mul")
+        if isinstance(rule, Gradient):
+            self.note("mul", "gradient (rule Gradient)")
+            return func(*args, **kwargs)
+        with torch.no_grad():
+            value = a * b
+        if isinstance(rule, Uniform):
+            surrogate = 0.5 * (a * b.detach()) + 0.5 * (a.detach() * b)
+            self.note("mul", "uniform rule (half to each factor)")
+        else:
+            gate = self._gate_operand(a, b, rule, where)
+            if gate is None:
+                self.note("mul", "unsupported: product of two activations, gate unknown")
+                return func(*args, **kwargs)
+            surrogate = a.detach() * b if gate == 0 else a * b.detach()
+            self.note("mul", f"gate (factor {gate} held constant)")
+        out = Replace.apply(surrogate, value)
+        if func in (T.mul_, T.__imul__):
+            a.copy_(out)
+            return a
+        return out
+
+    def _glu(self, func, args, kwargs, last):
+        self.consume(args, kwargs)
+        x = args[0] if args else kwargs["input"]
+        dim = args[1] if len(args) > 1 else kwargs.get("dim", -1)
+        signal, gate = x.chunk(2, dim=dim)
+        rule = self._product_rule()
+        with torch.no_grad():
+            value = func(*args, **kwargs)
+        g = torch.sigmoid(gate)
+        if isinstance(rule, Gradient):
+            return func(*args, **kwargs)
+        if isinstance(rule, Uniform):
+            surrogate = 0.5 * (signal * g.detach()) + 0.5 * (signal.detach() * g)
+        elif rule.operand in ("auto", 1):
+            surrogate = signal * g.detach()
+        else:
+            surrogate = signal.detach() * g
+        self.note("glu", f"{'uniform rule' if isinstance(rule, Uniform) else 'gate'}")
+        return Replace.apply(surrogate, value)
+
+    def _matmul(self, func, args, kwargs, last):
+        self.consume(args, kwargs)
+        a, b = args[0], args[1]
+        if not (_active(a) and _active(b)):
+            return func(*args, **kwargs)
+        rule = self._product_rule()
+        if isinstance(rule, Gradient):
+            return func(*args, **kwargs)
+        if self.attention == "attnlrp" or isinstance(rule, Uniform):
+            with torch.no_grad():
+                value = func(a, b)
+            surrogate = 0.5 * func(a, b.detach()) + 0.5 * func(a.detach(), b)
+            self.note(func.__name__, "uniform rule (half to each factor)")
+            return Replace.apply(surrogate, value)
+        self.note(func.__name__, "unsupported under CP: product of two activations")
+        return func(*args, **kwargs)
+
+    # -- normalisation, softmax, attention, pooling ------------------------------------------
+
+    def _norm(self, func, args, kwargs, last):
+        self.consume(args, kwargs)
+        rule = self.rule_of(self.module())
+        if isinstance(rule, Gradient):
+            return func(*args, **kwargs)
+        with torch.no_grad():
+            value = func(*args, **kwargs)
+        surrogate = _constant_std_norm(func, args, kwargs)
+        self.note(func.__name__, "normalisation with the standard deviation held constant")
+        return Replace.apply(surrogate, value)
+
+    def _softmax(self, func, args, kwargs, last):
+        self.consume(args, kwargs)
+        result = func(*args, **kwargs)
+        if self.attention == "cp" and not isinstance(self.rule_of(self.module()), Gradient):
+            self.note("softmax", "attention weights held constant (CP-LRP)")
+            return result.detach()
+        self.note("softmax", "softmax rule (AttnLRP: its gradient)")
+        return result
+
+    def _sdpa(self, func, args, kwargs, last):
+        self.consume(args, kwargs)
+        self.note("scaled_dot_product_attention", f"attention ({self.attention})")
+        return attention.scaled_dot_product(self, *args, **kwargs)
+
+    def _mha(self, func, args, kwargs, last):
+        self.consume(args, kwargs)
+        self.note("multi_head_attention_forward", f"attention ({self.attention})")
+        return attention.multi_head(self, *args, **kwargs)
+
+    def _max_pool(self, func, args, kwargs, last):
+        self.consume(args, kwargs)
+        pool = _max_pool_args(args, kwargs)
+        rule = self.rule_of(self.module())
+        if pool is None or not _active(pool[0]) or isinstance(rule, Gradient):
+            return func(*args, **kwargs)
+        if isinstance(rule, ProportionalPool):
+            self.note("max_pool2d", "proportional to the inputs")
+            return _proportional_pool(*pool, where=self._where("max_pool2d"))
+        self.note("max_pool2d", "winner takes all")
+        return MaxPoolIndices.apply(*pool)
+
+    def _where(self, op: str) -> str:
+        module = self.module()
+        if module is None:
+            return f"operation {op} in the model's forward"
+        return f"layer '{self.names[module]}' ({type(module).__name__})"
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _describe(rule: Rule) -> str:
+    fields = getattr(rule, "__dataclass_fields__", {})
+    shown = [
+        f"{k}={getattr(rule, k)!r}"
+        for k in ("epsilon", "gamma", "alpha", "beta", "bias", "operand")
+        if k in fields and k not in ("branches", "groups", "terms")
+    ]
+    return f"{rule.name}({', '.join(shown)})"
+
+
+def _bind(names: tuple[str, ...], args: tuple, kwargs: dict) -> dict[str, Any]:
+    bound = dict(zip(names, args, strict=False))
+    bound.update(kwargs)
+    return bound
+
+
+def _bind_linear(func: Callable, args: tuple, kwargs: dict) -> dict[str, Any]:
+    if func is F.linear:
+        return _bind(("input", "weight", "bias"), args, kwargs)
+    return _bind(
+        ("input", "weight", "bias", "stride", "padding", "dilation", "groups"), args, kwargs
+    )
+
+
+def _out_of_place(func: Callable, args: tuple, kwargs: dict) -> Tensor:
+    """The function's value without modifying its input."""
+    x = args[0] if args else kwargs["input"]
+    if func in (T.sigmoid_, torch.sigmoid_):
+        return torch.sigmoid(x)
+    if func in (T.tanh_, torch.tanh_):
+        return torch.tanh(x)
+    position = ACTIVATIONS[func]
+    if position is not None and len(args) > position:
+        args = (*args[:position], False, *args[position + 1 :])
+    if "inplace" in kwargs:
+        kwargs = {**kwargs, "inplace": False}
+    return func(*args, **kwargs)
+
+
+def normalise_bound(bound: Tensor | float, x: Tensor) -> Tensor:
+    """A bound as a tensor broadcastable to ``x``: scalar, (C,), (N, C) or full shape."""
+    bound = torch.as_tensor(bound, dtype=x.dtype, device=x.device)
+    if bound.ndim == 0:
+        return bound.view(1, *([1] * (x.ndim - 1)))
+    if bound.ndim == 1:
+        if bound.shape[0] != x.shape[1]:
+            raise ValueError(
+                f"per-channel bounds have {bound.shape[0]} values but the input has "
+                f"{x.shape[1]} channels"
+            )
+        return bound.view(1, -1, *([1] * (x.ndim - 2)))
+    if bound.ndim == 2:
+        return bound.view(*bound.shape, *([1] * (x.ndim - 2)))
+    return bound
+
+
+def _constant_std_norm(func: Callable, args: tuple, kwargs: dict) -> Tensor:
+    """The normalisation rebuilt from ordinary operations with its standard deviation (or
+    root mean square) detached: linear in the input (AttnLRP; LXT ``layer_norm_forward``)."""
+    if func is F.layer_norm or func is F.rms_norm:
+        if func is F.layer_norm:
+            b = _bind(("input", "normalized_shape", "weight", "bias", "eps"), args, kwargs)
+        else:
+            b = _bind(("input", "normalized_shape", "weight", "eps"), args, kwargs)
+        x = b["input"]
+        dims = tuple(range(-len(tuple(b["normalized_shape"])), 0))
+        eps = b.get("eps")
+        if eps is None:
+            eps = 1e-5 if func is F.layer_norm else torch.finfo(x.dtype).eps
+        centred = x - x.mean(dim=dims, keepdim=True) if func is F.layer_norm else x
+        scale = (centred.detach().pow(2).mean(dim=dims, keepdim=True) + eps).rsqrt()
+        y = centred * scale
+        if b.get("weight") is not None:
+            y = y * b["weight"]
+        if b.get("bias") is not None:
+            y = y + b["bias"]
+        return y
+    if func is F.group_norm:
+        b = _bind(("input", "num_groups", "weight", "bias", "eps"), args, kwargs)
+        x = b["input"]
+        n, c = x.shape[:2]
+        grouped = x.reshape(n, int(b["num_groups"]), -1)
+        centred = grouped - grouped.mean(dim=-1, keepdim=True)
+        scale = (centred.detach().pow(2).mean(dim=-1, keepdim=True) + b.get("eps", 1e-5)).rsqrt()
+        y = (centred * scale).reshape(x.shape)
+        shape = (1, c, *([1] * (x.ndim - 2)))
+        if b.get("weight") is not None:
+            y = y * b["weight"].view(shape)
+        if b.get("bias") is not None:
+            y = y + b["bias"].view(shape)
+        return y
+    b = _bind(
+        (
+            "input",
+            "running_mean",
+            "running_var",
+            "weight",
+            "bias",
+            "use_input_stats",
+            "momentum",
+            "eps",
+        ),
+        args,
+        kwargs,
+    )
+    x = b["input"]
+    shape = (1, x.shape[1], *([1] * (x.ndim - 2)))
+    dims = tuple(range(2, x.ndim))
+    if b.get("use_input_stats", True) or b.get("running_mean") is None:
+        centred = x - x.mean(dim=dims, keepdim=True)
+        scale = (centred.detach().pow(2).mean(dim=dims, keepdim=True) + b.get("eps", 1e-5)).rsqrt()
+    else:
+        centred = x - b["running_mean"].view(shape)
+        scale = (b["running_var"].view(shape) + b.get("eps", 1e-5)).rsqrt()
+    y = centred * scale
+    if b.get("weight") is not None:
+        y = y * b["weight"].view(shape)
+    if b.get("bias") is not None:
+        y = y + b["bias"].view(shape)
+    return y
+
+
+def _max_pool_args(args: tuple, kwargs: dict) -> tuple | None:
+    """(x, kernel, stride, padding, dilation, ceil_mode) of a max_pool2d call, or None."""
+    names = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode")
+    bound = dict(zip(names, args, strict=False))
+    bound.update({k: v for k, v in kwargs.items() if k != "return_indices"})
+    if kwargs.get("return_indices") or len(args) > 6 or "input" not in bound:
+        return None
+    if "kernel_size" not in bound or bound["input"].ndim not in (3, 4):
+        return None
+    stride = bound.get("stride") or bound["kernel_size"]
+    return (
+        bound["input"],
+        bound["kernel_size"],
+        stride,
+        bound.get("padding", 0),
+        bound.get("dilation", 1),
+        bool(bound.get("ceil_mode", False)),
+    )
+
+
+def _proportional_pool(x, kernel, stride, padding, dilation, ceil_mode, where: str) -> Tensor:
+    r"""Max pooling whose relevance is spread over the window in proportion to the inputs:
+    :math:`s_{in} = s_{out} \max_w x / \sum_w x` (sum pooling with the ratio held constant)."""
+    if dilation not in (1, (1, 1), [1, 1]):
+        raise ValueError(f"ProportionalPool on {where} does not support dilation")
+    with torch.no_grad():
+        value = F.max_pool2d(x, kernel, stride, padding, 1, ceil_mode)
+        sums = F.avg_pool2d(x, kernel, stride, padding, ceil_mode, True, 1)
+        ratio = torch.where(sums == 0, torch.zeros_like(sums), value / sums)
+    surrogate = F.avg_pool2d(x, kernel, stride, padding, ceil_mode, True, 1) * ratio
+    return Replace.apply(surrogate, value)

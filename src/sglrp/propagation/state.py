@@ -1,0 +1,197 @@
+"""What a rule layer keeps between its forward and backward pass, and its backward map.
+
+The backward pass carries relevance per unit of activation, :math:`s = R / a`. A rule layer
+with output :math:`z` stores, per denominator group g of its rule, the ratio
+:math:`z / d_g` and maps :math:`s_{out}` to
+:math:`s_{in} = \\sum_{(b, c, g)} c\\, [\\mathrm{sign}_b(x)]\\, W_b^T (s_{out}\\, z / d_g)`,
+so that :math:`R_{in} = x \\odot s_{in}` is the rule's input relevance (see :mod:`sglrp.rules`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..rules import LinearRule, X, keep
+from .layers import LinearOp
+
+
+def stabilize(d: Tensor, eps: float, sign: int) -> Tensor:
+    """``d + eps * sign(d)`` (``+eps`` at 0), in place; ``sign`` is d's known sign or 0."""
+    if eps == 0:
+        return d
+    if sign > 0:
+        return d.add_(eps)
+    if sign < 0:
+        return d.sub_(eps)
+    return d.add_((d >= 0).to(d.dtype).mul_(2 * eps).sub_(eps))
+
+
+def safe_ratio(value: Tensor, d: Tensor, may_be_zero: bool = True) -> Tensor:
+    """``value / d`` written into ``d``, with 0 where ``d`` is 0 (LRP-0 at a dead unit)."""
+    if not may_be_zero:
+        return torch.div(value, d, out=d)
+    zero = d == 0
+    torch.div(value, d, out=d)
+    return d.masked_fill_(zero, 0.0)
+
+
+@dataclass
+class RuleState:
+    """A rule layer between its forward and its backward pass.
+
+    Attributes
+    ----------
+    op, rule
+        The affine map and its rule.
+    input_shape, nonneg
+        The layer input's shape, and whether it is known to be non-negative (then the
+        :math:`x^-` branches vanish and :math:`x^+ = x`).
+    ratios
+        :math:`z / d_g` per group (None for unused groups), set by :meth:`compute_ratios`.
+    x
+        The input, kept only where the backward needs it (signed inputs, relevance form).
+    bounds
+        ``(low, high)`` broadcastable to the input, for Z^B.
+    name
+        Where the layer is, for messages.
+    last_pass
+        Shared with the run; ``last_pass[0]`` is True during the final backward pass, which
+        may consume the ratios in place and free them.
+    """
+
+    op: LinearOp
+    rule: LinearRule
+    input_shape: torch.Size
+    nonneg: bool
+    ratios: list[Tensor | None] = field(default_factory=list)
+    x: Tensor | None = None
+    bounds: tuple[Tensor, Tensor] | None = None
+    name: str = ""
+    last_pass: list[bool] = field(default_factory=lambda: [True])
+
+    def active_terms(self) -> list:
+        return [t for t in self.rule.terms if self._branch_active(t.branch)]
+
+    def _branch_active(self, index: int) -> bool:
+        return not (self.nonneg and self.rule.branches[index].inputs.sign < 0)
+
+    def branch_input(self, index: int, x: Tensor) -> Tensor:
+        return self.rule.branches[index].inputs.apply(x, self.bounds, self.nonneg)
+
+    def denominators(self, x: Tensor, value: Tensor) -> list[Tensor | None]:
+        """Stabilised denominators :math:`d_g` of every group (fresh tensors)."""
+        rule = self.rule
+        outputs: dict[int, tuple[Tensor, bool]] = {}
+        uses = [
+            sum(1 for g in rule.groups for i, _ in g.parts if i == b)
+            for b in range(len(rule.branches))
+        ]
+
+        def output(index: int) -> tuple[Tensor, bool]:
+            """A branch's output and whether this call owns it (may write into it)."""
+            if index not in outputs:
+                branch = rule.branches[index]
+                if branch.inputs is X and branch.weight is keep and branch.bias is keep:
+                    outputs[index] = (value, False)  # the layer's own output: no recomputation
+                else:
+                    out = self.op.forward(self.branch_input(index, x), branch.weight, branch.bias)
+                    outputs[index] = (out, True)
+            return outputs[index]
+
+        result: list[Tensor | None] = []
+        used = {t.group for t in self.active_terms()}
+        for g, group in enumerate(rule.groups):
+            if g not in used:
+                result.append(None)
+                continue
+            d = None
+            for index, sign in group.parts:
+                if not self._branch_active(index):
+                    continue
+                part, owned = output(index)
+                if d is None:
+                    d = part if owned and sign > 0 and uses[index] == 1 else part * sign
+                    if d.shape[0] != value.shape[0]:
+                        d = d.expand_as(value).clone()
+                else:
+                    d = d.add_(part, alpha=sign)
+            result.append(stabilize(d, rule.stabilizer, group.sign))
+        return result
+
+    def _select(self, ratio: Tensor, select: str, value: Tensor) -> Tensor:
+        if select == "pos":
+            ratio.masked_fill_(value <= 0, 0.0)
+        elif select == "neg":
+            ratio.masked_fill_(value >= 0, 0.0)
+        return ratio
+
+    def compute_ratios(self, x: Tensor, value: Tensor) -> None:
+        """Ratios :math:`z / d_g` (zero outside a group's selected output sign)."""
+        self.ratios = []
+        for group, d in zip(self.rule.groups, self.denominators(x, value), strict=True):
+            if d is None:
+                self.ratios.append(None)
+                continue
+            ratio = safe_ratio(value, d, self.rule.stabilizer == 0)
+            self.ratios.append(self._select(ratio, group.select, value))
+
+    def start_from_relevance(self, x: Tensor, value: Tensor) -> None:
+        """Make the backward take relevance (not relevance per activation) at the output.
+
+        Used for the model's output layer, where the output relevance is given and dividing
+        it by the logits would be unstable: the ratios become :math:`1 / d_g`.
+        """
+        self.ratios = []
+        for group, d in zip(self.rule.groups, self.denominators(x, value), strict=True):
+            if d is None:
+                self.ratios.append(None)
+                continue
+            inverse = torch.where(d == 0, torch.zeros_like(d), d.reciprocal())
+            self.ratios.append(self._select(inverse, group.select, value))
+
+    def mask_ratios(self, keep_mask: Tensor) -> None:
+        """Zero the ratios where ``keep_mask`` is False (a following ReLU's mask)."""
+        for ratio in self.ratios:
+            if ratio is not None:
+                ratio.mul_(keep_mask)
+
+    def backward(self, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """Map the output's relevance per activation to the input's.
+
+        Returns ``(s_in, None)`` for multiplicative rules and ``(None, R_in)`` for rules in
+        relevance form (Z^B, flat, w-square).
+        """
+        if not self.ratios:
+            raise RuntimeError(
+                f"internal: the ratios of layer '{self.name}' were not computed before the "
+                "backward pass"
+            )
+        scaled: dict[int, Tensor] = {}
+        total = None
+        relevance_form = self.rule.relevance_form
+        final = self.last_pass[0]
+        for term in self.active_terms():
+            if term.group not in scaled:
+                ratio = self.ratios[term.group]
+                scaled[term.group] = ratio.mul_(grad) if final else grad * ratio
+            branch = self.rule.branches[term.branch]
+            part = self.op.input_grad(
+                scaled[term.group] * term.coef if term.coef != 1.0 else scaled[term.group],
+                branch.weight,
+                self.input_shape,
+            )
+            if relevance_form:
+                part = part * self.branch_input(term.branch, self.x)
+            elif branch.inputs.sign > 0 and not self.nonneg:
+                part = part * (self.x > 0)
+            elif branch.inputs.sign < 0:
+                part = part * (self.x < 0)
+            total = part if total is None else total.add_(part)
+        if final:
+            self.ratios = []
+        if relevance_form:
+            return None, total
+        return total, None
