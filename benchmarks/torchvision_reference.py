@@ -1,7 +1,8 @@
 """Reference data from real torchvision for the zoo mirrors -> tests/data/torchvision_reference.json
 
 For every model in :data:`MODELS` it records torchvision's parameter count, ordered
-``state_dict`` keys with shapes, module names with class names, and eval-mode logits on
+``state_dict`` keys with shapes, module names with class names and settings (``extra_repr``:
+eps, inplace, stride, dropout p, ...), and eval-mode logits on
 :func:`reference_input` after :func:`deterministic_fill_`. ``tests/test_zoo_reference.py``
 builds sglrp's mirrors, applies the same fill (imported from this file) and compares.
 
@@ -162,8 +163,17 @@ def logit_indices(num_classes: int) -> list[int]:
     )
 
 
+def module_table(model: nn.Module) -> list[list[str]]:
+    """``[name, class name, settings]`` of every module: ``repr`` of leaf modules (eps,
+    inplace, stride, dropout p, stochastic depth p, ...), ``extra_repr`` of the others."""
+    return [
+        [n, type(m).__name__, m.extra_repr() if next(m.children(), None) else repr(m)]
+        for n, m in model.named_modules()
+    ]
+
+
 def describe(model: nn.Module, side: int) -> dict:
-    """Parameter count, keys with shapes, module names with classes and logits of ``model``."""
+    """Parameter count, keys with shapes, module table and logits of ``model``."""
     deterministic_fill_(model).eval()
     with torch.no_grad():
         logits = model(reference_input(side))[0].double()
@@ -172,7 +182,7 @@ def describe(model: nn.Module, side: int) -> dict:
         "input_side": side,
         "num_params": sum(p.numel() for p in model.parameters()),
         "state_dict": [[k, list(v.shape)] for k, v in model.state_dict().items()],
-        "modules": [[n, type(m).__name__] for n, m in model.named_modules()],
+        "modules": module_table(model),
         "num_classes": logits.numel(),
         "logit_index": idx,
         "logits": [float(f"{logits[i].item():.8g}") for i in idx],

@@ -1,10 +1,13 @@
 """Zoo mirrors against the real torchvision: parameter counts, ``state_dict`` keys and shapes,
-module names and classes, and eval-mode logits after a deterministic fill.
+module names, classes and settings, and eval-mode logits after a deterministic fill.
 
 The reference (tests/data/torchvision_reference.json) was written by
 benchmarks/torchvision_reference.py with torchvision imported; the fill and the input come
-from that same file, so both sides compute on identical float32 numbers. Logits agree to
-within float32 rounding (largest measured difference 4.3e-8 relative); the tolerance is 1e-5.
+from that same file, so both sides compute on identical float32 numbers. Measured logit
+differences: at most 4.3e-8 (relative to the largest logit) with 1 thread, as the reference
+was made, and 8.6e-6 (regnet_y_400mf) with 2 threads, where summation order differs; the
+tolerance is 5e-5. Settings too small to show in float32 logits (an eps of 1e-6 vs 1e-5) are
+compared exactly in the module table.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ REFERENCE = json.loads((ROOT / "tests" / "data" / "torchvision_reference.json").
 MODELS: dict[str, dict] = REFERENCE["models"]
 NOT_TORCHVISION = {"inception_small", "shapes_vgg", "shapes_resnet"}  # sglrp's own designs
 HEAVY = {"vgg11", "vgg16", "vgg16_bn", "resnet50", "convnext_tiny", "vit_b_16"}
-RTOL = 1e-5
+RTOL = 5e-5
 
 
 def _load_reference_script() -> ModuleType:
@@ -80,7 +83,10 @@ def test_layout_matches_torchvision(name: str) -> None:
         model = ZOO[name]()
     assert sum(p.numel() for p in model.parameters()) == entry["num_params"]
     assert [[k, list(v.shape)] for k, v in model.state_dict().items()] == entry["state_dict"]
-    assert [[n, type(m).__name__] for n, m in model.named_modules()] == entry["modules"]
+    ours = TVREF.module_table(model)
+    diff = [(a, b) for a, b in zip(ours, entry["modules"], strict=False) if a != b]
+    assert not diff, f"{name}: first modules differing (ours, torchvision): {diff[:3]}"
+    assert len(ours) == len(entry["modules"])
 
 
 @pytest.mark.parametrize("name", _params(MODELS))
@@ -114,13 +120,22 @@ def _gelu_tanh(model: nn.Module) -> None:
 def test_comparison_catches_subtle_deviations(name: str, mutate) -> None:
     model = _build_filled(name)
     mutate(model)
-    assert _logit_error(model, MODELS[name]) > 10 * RTOL
+    assert _logit_error(model, MODELS[name]) > 2 * RTOL
+    assert TVREF.module_table(model) != MODELS[name]["modules"]
+
+
+def test_module_table_catches_a_layer_norm_eps() -> None:
+    with torch.device("meta"):
+        model = ZOO["convnext_tiny"]()
+    assert TVREF.module_table(model) == MODELS["convnext_tiny"]["modules"]
+    model.features[1][0].block[2].eps = 1e-5  # torchvision: 1e-6
+    assert TVREF.module_table(model) != MODELS["convnext_tiny"]["modules"]
 
 
 def test_comparison_catches_missing_channel_shuffle(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shufflenet_module, "channel_shuffle", lambda x, groups: x)
     model = _build_filled("shufflenet_v2_x1_0")
-    assert _logit_error(model, MODELS["shufflenet_v2_x1_0"]) > 10 * RTOL
+    assert _logit_error(model, MODELS["shufflenet_v2_x1_0"]) > 2 * RTOL
 
 
 def test_vit_loads_legacy_mlp_keys(tmp_path: Path) -> None:
