@@ -241,6 +241,8 @@ def test_inception_small() -> None:
 
 def test_zoo_contents() -> None:
     expected = {"vgg11", "vgg16", "vgg16_bn", "resnet18", "resnet50", "densenet121"}
+    expected |= {"efficientnet_b0", "mobilenet_v2", "mobilenet_v3_small", "regnet_y_400mf"}
+    expected |= {"convnext_tiny", "shufflenet_v2_x1_0", "vit_b_16", "vit_tiny"}
     assert expected | {"inception_small"} <= set(ZOO)
     assert set(ZOO) <= expected | {"inception_small", "shapes_vgg", "shapes_resnet"}
     assert all(callable(f) for f in ZOO.values())

@@ -16,10 +16,17 @@ import torch
 from torch import nn
 
 from . import small as _small
+from .convnext import convnext_tiny
 from .densenet import DenseNet, densenet121, remap_legacy_keys
+from .efficientnet import efficientnet_b0
 from .inception import inception_small
+from .mobilenetv2 import mobilenet_v2
+from .mobilenetv3 import mobilenet_v3_small
+from .regnet import regnet_y_400mf
 from .resnet import resnet18, resnet50
+from .shufflenet import shufflenet_v2_x1_0
 from .vgg import vgg11, vgg16, vgg16_bn
+from .vit import VisionTransformer, remap_legacy_mlp_keys, vit_b_16, vit_tiny
 
 __all__ = ["ZOO", "get_model", "load_state_dict_file"]
 
@@ -30,6 +37,14 @@ ZOO: dict[str, Callable[..., nn.Module]] = {
     "resnet18": resnet18,
     "resnet50": resnet50,
     "densenet121": densenet121,
+    "efficientnet_b0": efficientnet_b0,
+    "mobilenet_v2": mobilenet_v2,
+    "mobilenet_v3_small": mobilenet_v3_small,
+    "regnet_y_400mf": regnet_y_400mf,
+    "convnext_tiny": convnext_tiny,
+    "shufflenet_v2_x1_0": shufflenet_v2_x1_0,
+    "vit_b_16": vit_b_16,
+    "vit_tiny": vit_tiny,
     "inception_small": inception_small,
 }
 # Small models for the synthetic "shapes" data set live in .small; skip them while unwritten.
@@ -168,6 +183,8 @@ def _load_checked(
     """Load ``state_dict`` strictly, raising an explanatory ``ValueError`` if it does not fit."""
     if isinstance(model, DenseNet):
         state_dict = remap_legacy_keys(state_dict)
+    elif isinstance(model, VisionTransformer):
+        state_dict = remap_legacy_mlp_keys(state_dict)
     expected = model.state_dict()
     if not any(k.endswith(".num_batches_tracked") for k in state_dict):
         # saved before PyTorch 0.4 (e.g. torchvision's DenseNet download): BatchNorm step
