@@ -3,7 +3,9 @@
 :func:`load_image` turns any image Pillow can read into an 8-bit RGB ``PIL.Image``: EXIF
 orientation is applied, grayscale / palette / CMYK images are converted, transparency is
 composited onto a background (white by default) and 16-bit images are scaled to 8 bits
-(65535 -> 255) instead of being clipped. :func:`preprocess` then does what
+(65535 -> 255) instead of being clipped. Images are decoded lazily: the header is read first
+and an image of more than :data:`MAX_PIXELS` pixels is refused before its pixels are decoded
+(:func:`open_image`, :func:`image_size`). :func:`preprocess` then does what
 ``torchvision.transforms`` ``Resize(size)``, ``CenterCrop(crop)``, ``ToTensor()`` and
 ``Normalize(mean, std)`` do, without importing torchvision.
 """
@@ -14,7 +16,7 @@ import contextlib
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +26,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "MAX_PIXELS",
+    "ImageTooLargeError",
     "center_crop",
+    "image_size",
     "load_image",
+    "open_image",
     "preprocess",
     "read_labels",
     "resize_shorter",
@@ -41,8 +47,97 @@ _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _HIGH_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 
+#: Largest image, in pixels (width x height), that is decoded: 50 megapixels, 150 MB as 8-bit
+#: RGB. Larger files are refused from their header, before any pixel is decoded. Raise it
+#: (``sglrp.imageio.MAX_PIXELS = ...``) or pass ``max_pixels=`` to read larger images; beyond
+#: ``2 * PIL.Image.MAX_IMAGE_PIXELS`` (about 179 megapixels) Pillow refuses them too.
+MAX_PIXELS: int = 50_000_000
+
+_ORIENTATION = 0x0112
+_TRANSPOSED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+
+
+class ImageTooLargeError(ValueError):
+    """An image file holds more pixels than the limit (:data:`MAX_PIXELS`)."""
+
+
+@contextlib.contextmanager
+def open_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Iterator[Image.Image]:
+    """Open an image file with its pixel count checked before anything is decoded.
+
+    Only the header is read (``PIL.Image.open`` is lazy); the caller decodes inside the
+    ``with`` block, where Pillow's errors become ``ValueError`` naming ``path``.
+
+    Parameters
+    ----------
+    path
+        Any file Pillow can read.
+    max_pixels
+        Limit on width x height; ``None`` uses :data:`MAX_PIXELS` (read at call time).
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    ImageTooLargeError
+        Width x height exceeds ``max_pixels`` (a ``ValueError``).
+    ValueError
+        ``path`` is a directory, or not a readable (complete) image.
+    """
+    path = Path(path)
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"max_pixels must be a positive int, got {limit!r}")
+    if not path.exists():
+        raise FileNotFoundError(f"image not found: {path}")
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not an image file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. palette transparency notes, bomb warnings
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > limit:
+                    raise ImageTooLargeError(
+                        f"{path}: image is {w}x{h} = {w * h / 1e6:.1f} megapixels, over the "
+                        f"limit of {limit / 1e6:g} megapixels; shrink the image, or raise "
+                        "sglrp.imageio.MAX_PIXELS (or pass max_pixels=) to read it"
+                    )
+                yield im
+    except ImageTooLargeError:
+        raise
+    except UnidentifiedImageError as err:
+        raise ValueError(f"cannot read image {path}: not a recognised image format") from err
+    except Image.DecompressionBombError as err:
+        raise ImageTooLargeError(
+            f"cannot read image {path}: {err} Raise PIL.Image.MAX_IMAGE_PIXELS as well as "
+            "sglrp.imageio.MAX_PIXELS to read it"
+        ) from err
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        # Pillow raises OSError for truncated data, SyntaxError/ValueError for bad headers
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"cannot read image {path}: corrupt or truncated ({detail})") from err
+
+
+def image_size(path: str | os.PathLike, *, max_pixels: int | None = None) -> tuple[int, int]:
+    """``(width, height)`` of the image :func:`load_image` returns, from the header only.
+
+    EXIF orientations that rotate by 90 degrees swap the stored width and height. A PNG whose
+    EXIF chunk follows the pixel data is not inspected (that would decode it). Raises as
+    :func:`open_image`.
+    """
+    with open_image(path, max_pixels=max_pixels) as im:
+        w, h = im.size
+        header_exif = "exif" in im.info or im.format not in ("PNG", "APNG")
+        orientation = im.getexif().get(_ORIENTATION, 1) if header_exif else 1
+    return (h, w) if orientation in _TRANSPOSED else (w, h)
+
+
 def load_image(
-    path: str | os.PathLike, background: tuple[int, int, int] = (255, 255, 255)
+    path: str | os.PathLike,
+    background: tuple[int, int, int] = (255, 255, 255),
+    *,
+    max_pixels: int | None = None,
 ) -> Image.Image:
     """Read an image file as an 8-bit RGB image.
 
@@ -52,6 +147,8 @@ def load_image(
         Any file Pillow can read (the first frame of animations).
     background
         Colour that transparent pixels are composited onto.
+    max_pixels
+        Limit on width x height, checked before decoding; ``None`` uses :data:`MAX_PIXELS`.
 
     Returns
     -------
@@ -62,31 +159,17 @@ def load_image(
     ------
     FileNotFoundError
         ``path`` does not exist.
+    ImageTooLargeError
+        The image has more than ``max_pixels`` pixels (a ``ValueError``).
     ValueError
         ``path`` is a directory, or not a readable (complete) image.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"image not found: {path}")
-    if path.is_dir():
-        raise ValueError(f"{path} is a directory, not an image file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. palette transparency notes
-            with Image.open(path) as im:
-                im.load()
-                bits = _bit_depth(im)  # before exif_transpose, which drops format and tags
-                with contextlib.suppress(Exception):  # broken EXIF: keep pixels as stored
-                    im = ImageOps.exif_transpose(im)
-                return _to_rgb(im, bits, background)
-    except UnidentifiedImageError as err:
-        raise ValueError(f"cannot read image {path}: not a recognised image format") from err
-    except Image.DecompressionBombError as err:
-        raise ValueError(f"cannot read image {path}: {err}") from err
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
-        # Pillow raises OSError for truncated data, SyntaxError/ValueError for bad headers
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"cannot read image {path}: corrupt or truncated ({detail})") from err
+    with open_image(path, max_pixels=max_pixels) as im:
+        im.load()
+        bits = _bit_depth(im)  # before exif_transpose, which drops format and tags
+        with contextlib.suppress(Exception):  # broken EXIF: keep pixels as stored
+            im = ImageOps.exif_transpose(im)
+        return _to_rgb(im, bits, background)
 
 
 def _bit_depth(im: Image.Image) -> int:

@@ -13,16 +13,18 @@ from .shapes import (
     to_images,
     to_tensor,
 )
-from .voc import export_voc, load_voc
+from .voc import ClippedBoxWarning, VOCDataset, export_voc, load_voc
 
 __all__ = [
     "CLASSES",
+    "ClippedBoxWarning",
     "MEAN",
     "SPLITS",
     "STD",
     "ObjectAnnotation",
     "Sample",
     "ShapesDataset",
+    "VOCDataset",
     "dataset_stats",
     "export_voc",
     "generate",

@@ -12,8 +12,6 @@ is verified on every load.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
 from collections.abc import Callable
@@ -27,7 +25,9 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .checksum import verify_sha256
 from .small import shapes_resnet, shapes_vgg
+from .zoo import state_dict_from_bytes
 
 __all__ = ["PretrainedModel", "available_pretrained", "pretrained"]
 
@@ -109,26 +109,23 @@ class PretrainedModel:
         return ((batch - mean) / std).contiguous()
 
 
+def _folder(root: str | os.PathLike | None) -> Any:
+    """The folder holding the models: ``root``, or the package's ``weights`` resource."""
+    return resources.files("sglrp").joinpath("weights") if root is None else Path(root)
+
+
 def _read(root: str | os.PathLike | None, filename: str) -> bytes | None:
     """Bytes of ``filename`` in ``root`` (default: the package's weights), or ``None``."""
-    if root is None:
-        entry = resources.files("sglrp").joinpath("weights", filename)
-        return entry.read_bytes() if entry.is_file() else None
-    path = Path(root) / filename
-    return path.read_bytes() if path.is_file() else None
+    entry = _folder(root).joinpath(filename)
+    return entry.read_bytes() if entry.is_file() else None
 
 
 def available_pretrained(root: str | os.PathLike | None = None) -> list[str]:
     """Names of the models that have both ``NAME.json`` and ``NAME.pt`` (sorted)."""
-    if root is None:
-        folder = resources.files("sglrp").joinpath("weights")
-        if not folder.is_dir():
-            return []
-        names = [entry.name for entry in folder.iterdir()]
-    else:
-        if not Path(root).is_dir():
-            return []
-        names = [p.name for p in Path(root).iterdir()]
+    folder = _folder(root)
+    if not folder.is_dir():
+        return []
+    names = [entry.name for entry in folder.iterdir()]
     stems = {n[:-5] for n in names if n.endswith(".json")}
     return sorted(s for s in stems if f"{s}.pt" in names)
 
@@ -155,18 +152,32 @@ def pretrained(name: str, *, root: str | os.PathLike | None = None) -> Pretraine
             f"unknown pretrained model {name!r} in {where}; available: "
             f"{', '.join(available) or 'none'}"
         )
-    meta = json.loads(_read(root, f"{name}.json").decode("utf-8"))
-    weights_name = meta.get("weights", f"{name}.pt")
-    data = _read(root, weights_name)
-    if data is None:
-        raise FileNotFoundError(f"weights file {weights_name} of {name!r} is missing")
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != meta.get("sha256"):
+    folder = _folder(root)
+    meta_file = folder.joinpath(f"{name}.json")
+    try:
+        meta = json.loads(_read(root, f"{name}.json").decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(
-            f"checksum mismatch for {weights_name}: sha256 {digest[:12]}... but {name}.json "
-            f"expects {str(meta.get('sha256'))[:12]}...; the file is corrupted or was replaced "
-            "- reinstall sglrp or retrain with `sglrp train`"
+            f"{meta_file} is not valid JSON ({err}); reinstall sglrp or retrain with `sglrp train`"
+        ) from err
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_file} holds a {type(meta).__name__}, not a JSON object")
+    weights_name = meta.get("weights", f"{name}.pt")
+    if (
+        not isinstance(weights_name, str)
+        or weights_name in ("", ".", "..")
+        or Path(weights_name).name != weights_name
+        or "\\" in weights_name
+    ):
+        raise ValueError(
+            f"{meta_file}: 'weights' is {weights_name!r}; it must be a file name in the same "
+            "folder (no directories)"
         )
+    data = _read(root, weights_name)
+    weights_file = folder.joinpath(weights_name)
+    if data is None:
+        raise FileNotFoundError(f"weights file {weights_file} of {name!r} is missing")
+    verify_sha256(data, meta.get("sha256"), weights_file, meta_file)
     arch = meta.get("architecture")
     if arch not in ARCHITECTURES:
         raise ValueError(
@@ -175,7 +186,7 @@ def pretrained(name: str, *, root: str | os.PathLike | None = None) -> Pretraine
         )
     classes = tuple(meta["classes"])
     model = ARCHITECTURES[arch](num_classes=len(classes), **meta.get("model_kwargs", {}))
-    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    state = state_dict_from_bytes(data, weights_file)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, strict=True)
     model.eval()

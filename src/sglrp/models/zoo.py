@@ -7,6 +7,7 @@ the missing / unexpected keys or differing shapes and, when another zoo entry (o
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 from collections.abc import Callable, Mapping
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from . import small as _small
+from .checksum import read_verified
 from .convnext import convnext_tiny
 from .densenet import DenseNet, densenet121, remap_legacy_keys
 from .efficientnet import efficientnet_b0
@@ -98,6 +100,10 @@ def get_model(
 def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Read a ``state_dict`` from ``path`` safely (``weights_only=True``, onto the CPU).
 
+    When ``NAME.json`` beside ``NAME.pt`` records a ``"sha256"`` (as ``sglrp train`` writes),
+    the bytes are verified against it before they are deserialised
+    (:func:`sglrp.models.checksum.read_verified`).
+
     Parameters
     ----------
     path : str or path-like
@@ -114,7 +120,8 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
     FileNotFoundError
         ``path`` does not exist.
     ValueError
-        ``path`` is not a readable checkpoint or holds no state_dict.
+        ``path`` is not a readable checkpoint, holds no state_dict, or does not match the
+        checksum recorded beside it.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"weights must be a file path (str or PathLike), got {type(path).__name__}")
@@ -123,8 +130,16 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.is_dir():
         raise ValueError(f"weights path {path} is a directory; pass the checkpoint file itself")
+    return state_dict_from_bytes(read_verified(path), path)
+
+
+def state_dict_from_bytes(data: bytes, path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Deserialise and check the ``state_dict`` in ``data``, the bytes of file ``path``.
+
+    As :func:`load_state_dict_file` after its checksum; ``path`` only names the file in errors.
+    """
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(
