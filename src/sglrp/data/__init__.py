@@ -1,5 +1,6 @@
 """Generated shape images with exact ground truth, and Pascal VOC style export / import."""
 
+from .mosaic import CELLS, Mosaic, mosaic
 from .shapes import (
     CLASSES,
     MEAN,
@@ -16,11 +17,13 @@ from .shapes import (
 from .voc import ClippedBoxWarning, VOCDataset, export_voc, load_voc
 
 __all__ = [
+    "CELLS",
     "CLASSES",
     "ClippedBoxWarning",
     "MEAN",
     "SPLITS",
     "STD",
+    "Mosaic",
     "ObjectAnnotation",
     "Sample",
     "ShapesDataset",
@@ -29,6 +32,7 @@ __all__ = [
     "export_voc",
     "generate",
     "load_voc",
+    "mosaic",
     "to_images",
     "to_tensor",
 ]

@@ -218,6 +218,23 @@ def check_masks(masks: Tensor, shape: tuple[int, ...]) -> Tensor:
     return masks
 
 
+def gaussian_kernel(
+    kernel_size: int, sigma: float, dtype: torch.dtype = torch.float32, device=None
+) -> Tensor:
+    """1-D Gaussian window ``g(d) = exp(-d^2 / (2 sigma^2)) / sum``, ``d = -(k-1)/2 .. (k-1)/2``.
+
+    Its outer product with itself is the separable 2-D window (which also sums to 1).
+    """
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
+    if sigma <= 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    half = kernel_size // 2
+    d = torch.arange(-half, half + 1, dtype=dtype, device=device)
+    g = torch.exp(-(d**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
 def baseline_tensor(baseline: float | Sequence[float] | Tensor, x: Tensor) -> Tensor:
     """A per-channel baseline broadcastable to ``x`` (N, C, H, W): shape (1, C, 1, 1)."""
     b = torch.as_tensor(baseline, dtype=x.dtype, device=x.device).reshape(-1)

@@ -15,6 +15,7 @@ from ._core import (
     check_model_input,
     chunked,
     curve_result,
+    gaussian_kernel,
     predict_logits,
     target_index,
 )
@@ -26,15 +27,9 @@ def gaussian_blur(x: Tensor, sigma: float = 5.0, kernel_size: int = 11) -> Tenso
     Separable kernel ``g(d) = exp(-d^2 / (2 sigma^2)) / sum``, ``d = -(k-1)/2 .. (k-1)/2``,
     applied as two depthwise conv2d with replicate padding (borders are not darkened).
     """
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
-    if sigma <= 0:
-        raise ValueError(f"sigma must be > 0, got {sigma}")
+    g = gaussian_kernel(kernel_size, sigma, x.dtype, x.device)
     c = x.shape[1]
     half = kernel_size // 2
-    d = torch.arange(-half, half + 1, dtype=x.dtype, device=x.device)
-    g = torch.exp(-(d**2) / (2 * sigma**2))
-    g = g / g.sum()
     out = F.pad(x, (half, half, half, half), mode="replicate")
     out = F.conv2d(out, g.reshape(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
     return F.conv2d(out, g.reshape(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)

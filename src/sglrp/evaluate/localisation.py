@@ -10,6 +10,30 @@ from torch import Tensor
 from ._core import MetricResult, aggregate, check_maps, check_masks, tied_topk_hits
 
 
+def positive_share(maps: Tensor, masks: Tensor) -> Tensor:
+    """Share of the positive relevance inside a mask: ``sum_{p in mask} R+_p / sum_p R+_p``.
+
+    Parameters
+    ----------
+    maps
+        (N, H, W) float relevance (already channel-summed and checked).
+    masks
+        (N, H, W) bool.
+
+    Returns
+    -------
+    Tensor
+        (N,) float64 in [0, 1]; NaN where the map has no positive relevance.
+    """
+    n = maps.shape[0]
+    pos = maps.clamp(min=0).reshape(n, -1).to(torch.float64)
+    total = pos.sum(dim=1)
+    share = (pos * masks.reshape(n, -1)).sum(dim=1) / total.clamp(
+        min=torch.finfo(torch.float64).tiny
+    )
+    return share.masked_fill(total == 0, math.nan)
+
+
 def relevance_mass_accuracy(maps: Tensor, masks: Tensor) -> MetricResult:
     """Relevance mass accuracy (CLEVR-XAI). Higher is better.
 
@@ -30,12 +54,8 @@ def relevance_mass_accuracy(maps: Tensor, masks: Tensor) -> MetricResult:
     """
     r = check_maps(maps)
     gt = check_masks(masks, tuple(r.shape))
-    n = r.shape[0]
-    pos = r.clamp(min=0).reshape(n, -1).to(torch.float64)
-    inside = gt.reshape(n, -1)
-    total = pos.sum(dim=1)
-    score = (pos * inside).sum(dim=1) / total.clamp(min=torch.finfo(torch.float64).tiny)
-    score[(total == 0) | ~inside.any(dim=1)] = math.nan
+    score = positive_share(r, gt)
+    score[~gt.flatten(1).any(dim=1)] = math.nan
     return MetricResult("relevance_mass_accuracy", "higher", score, aggregate(score))
 
 
