@@ -388,10 +388,20 @@ class WSquare(LinearRule):
 class Pass(Rule):
     """Identity rule: relevance passes unchanged through an elementwise function
     (SiLU, GELU, sigmoid, tanh, ...): :math:`R_{in} = R_{out}`, computed as
-    :math:`s_{in} = s_{out}\\, y / (x + \\epsilon\\, \\mathrm{sign}\\, x)` with a tiny
-    ``stabilizer`` (LXT uses 1e-10) so that it stays exact wherever :math:`x \\ne 0`."""
+    :math:`s_{in} = s_{out}\\, y / (x + \\epsilon\\, \\mathrm{sign}\\, x)`.
 
-    stabilizer: float = 1e-12
+    ``stabilizer=None`` (default) takes :math:`\\epsilon = \\sqrt{\\mathrm{tiny}}` of the dtype
+    (1e-19 for float32, 1e-154 for float64): exact wherever :math:`x \\ne 0` is a normal
+    number, and no overflow at subnormal inputs.
+    """
+
+    stabilizer: float | None = None
+
+    def epsilon(self, dtype: torch.dtype) -> float:
+        """The stabiliser for tensors of ``dtype``."""
+        if self.stabilizer is not None:
+            return self.stabilizer
+        return torch.finfo(dtype).tiny ** 0.5
 
 
 @dataclass(frozen=True, eq=False)
