@@ -77,7 +77,7 @@ def inspect(
     rules: RulesSpec = "dtd",
     bounds: Bounds | None = None,
     epsilon: float | None = None,
-    attention: str = "cp",
+    attention: str | None = None,
 ) -> Inspection:
     """List every layer and operation the forward pass meets and what LRP does with each.
 
@@ -93,7 +93,7 @@ def inspect(
     check_input(example_input)
     rule_map = resolve_rules(rules, example_input, bounds, epsilon)
     with frozen(model):
-        propagator = Propagator(model, rule_map, attention)
+        propagator = Propagator(model, rule_map, attention or rule_map.attention or "cp")
         run = propagator.run(example_input, lambda logits: [], inspect=True)
     return Inspection(
         rows=run.treatments or [],

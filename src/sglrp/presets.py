@@ -53,6 +53,18 @@ def _epsilon_alpha2beta1(bounds: Bounds, epsilon: float) -> RuleMap:
     return RuleMap([(CONV_TYPES, AlphaBeta(2.0, 1.0)), (nn.Linear, Epsilon(epsilon))])
 
 
+def _epsilon_cp(bounds: Bounds, epsilon: float) -> RuleMap:
+    return RuleMap(
+        [(CONV_TYPES + (nn.Linear,), Epsilon(epsilon))], first=ZBox(*bounds), attention="cp"
+    )
+
+
+def _epsilon_attnlrp(bounds: Bounds, epsilon: float) -> RuleMap:
+    return RuleMap(
+        [(CONV_TYPES + (nn.Linear,), Epsilon(epsilon))], first=ZBox(*bounds), attention="attnlrp"
+    )
+
+
 def _innvestigate_1_0_8_3(bounds: Bounds, epsilon: float) -> RuleMap:
     alpha1beta0 = AlphaBeta(1.0, 0.0, bias=True)
     return RuleMap([(CONV_TYPES + (nn.Linear,), alpha1beta0)], first=ZBox(*bounds))
@@ -76,6 +88,17 @@ PRESETS: dict[str, tuple[Callable[[Bounds, float], RuleMap], str]] = {
         "gamma (0.25) on conv, epsilon on linear, Z^B at the first layer",
     ),
     "epsilon-alpha2beta1": (_epsilon_alpha2beta1, "alpha2-beta1 on conv, epsilon on linear"),
+    "epsilon-cp": (
+        _epsilon_cp,
+        "transformers: epsilon on every linear layer, Z^B on the pixels (patch embedding), "
+        "identity through GELU and LayerNorm (constant std), attention weights constant "
+        "(CP-LRP, Ali et al. 2022; LXT's ViT recipe)",
+    ),
+    "epsilon-attnlrp": (
+        _epsilon_attnlrp,
+        "transformers: as epsilon-cp with AttnLRP's softmax and uniform product rules in "
+        "attention (Achtibat et al. 2024)",
+    ),
     "innvestigate-1.0.8.3": (
         _innvestigate_1_0_8_3,
         "alpha1-beta0 with bias on every conv/linear layer, Z^B at the first (the SGLRP "
@@ -87,7 +110,6 @@ PRESETS: dict[str, tuple[Callable[[Bounds, float], RuleMap], str]] = {
         "(iNNvestigate 1.0.0)",
     ),
 }
-_BOUNDED = {"dtd", "epsilon-gamma-box", "innvestigate-1.0.8.3", "innvestigate-1.0.0"}
 
 
 def bounds_from_normalization(
@@ -140,7 +162,8 @@ def resolve_rules(
 ) -> RuleMap:
     """Turn a preset name, a mapping or a list of ``(key, rule)`` pairs into a :class:`RuleMap`.
 
-    ``bounds=None`` uses :func:`default_bounds` for presets with Z^B.
+    ``bounds=None``: presets with Z^B take each image's own per-channel minimum and maximum
+    of the first layer's input (:func:`default_bounds` of what that layer sees).
     """
     if isinstance(rules, RuleMap):
         return rules
@@ -151,11 +174,9 @@ def resolve_rules(
                 f"unknown rules preset {rules!r}; available: {', '.join(PRESETS)} "
                 "(or pass a list of (module type or name, rule) pairs)"
             )
-        if bounds is None and key in _BOUNDED:
-            bounds = default_bounds(x)
         builder, _ = PRESETS[key]
         eps = epsilon if epsilon is not None else (0.25 if key == "epsilon" else 1e-6)
-        return builder(bounds if bounds is not None else (0.0, 0.0), eps)
+        return builder(bounds if bounds is not None else (None, None), eps)
     if isinstance(rules, Mapping):
         return RuleMap(list(rules.items()))
     if isinstance(rules, Sequence):

@@ -339,13 +339,39 @@ class ZBox(LinearRule):
     :math:`R_i = \\sum_j \\frac{x_i w_{ij} - l_i w_{ij}^+ - h_i w_{ij}^-}
     {\\sum_{i'} x_{i'} w_{i'j} - l_{i'} w_{i'j}^+ - h_{i'} w_{i'j}^-} R_j`.
     ``low`` and ``high`` are scalars or per-channel tensors (shape (C,) or broadcastable to
-    the input); see :func:`sglrp.bounds_from_normalization`.
+    the input); see :func:`sglrp.bounds_from_normalization`. Both None: each image's own
+    per-channel minimum and maximum of the layer's input (what the layer really sees, also
+    when the model normalises its input itself).
     """
 
-    low: Tensor | float = -1.0
-    high: Tensor | float = 1.0
+    low: Tensor | float | None = None
+    high: Tensor | float | None = None
 
     def __post_init__(self) -> None:
+        self._branches()
+        if self.low is None and self.high is None:
+            return
+        if self.low is None or self.high is None:
+            raise ValueError("Z^B needs both bounds (low, high), or neither (the input's own)")
+        low, high = torch.as_tensor(self.low), torch.as_tensor(self.high)
+        if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
+            raise ValueError(
+                f"Z^B bounds must be finite, got low={self.low!r}, high={self.high!r}; "
+                "compute them with sglrp.bounds_from_normalization(mean, std)"
+            )
+        try:
+            inverted = bool((low > high).any())
+        except RuntimeError as err:
+            raise ValueError(
+                f"Z^B bounds of shapes {tuple(low.shape)} and {tuple(high.shape)} do not match"
+            ) from err
+        if inverted:
+            raise ValueError(
+                f"Z^B bounds are inverted (low > high): low={self.low!r}, high={self.high!r}; "
+                "pass bounds=(low, high)"
+            )
+
+    def _branches(self) -> None:
         object.__setattr__(
             self,
             "branches",
@@ -358,7 +384,7 @@ class ZBox(LinearRule):
         object.__setattr__(self, "groups", (Group(((0, 1.0), (1, -1.0), (2, -1.0))),))
         object.__setattr__(self, "terms", (Term(0, 1.0, 0), Term(1, -1.0, 0), Term(2, -1.0, 0)))
 
-    def bounds(self) -> tuple[Tensor | float, Tensor | float]:
+    def bounds(self) -> tuple[Tensor | float | None, Tensor | float | None]:
         return self.low, self.high
 
 
@@ -460,10 +486,14 @@ class RuleMap:
         ``model.named_modules()``: exactly, or as a glob (``"features.*"``) via fnmatch.
     first
         Rule for the first linear layer in execution order (e.g. Z^B or flat), or None.
+    attention
+        Treatment of attention: ``"cp"`` (CP-LRP, attention weights constant) or ``"attnlrp"``;
+        None leaves it to the caller (default ``"cp"``).
     """
 
     entries: Sequence[tuple[RuleKey, Rule]] = field(default_factory=list)
     first: LinearRule | None = None
+    attention: str | None = None
 
     def rule_for(self, name: str, module: torch.nn.Module) -> Rule | None:
         """The rule of the first entry matching ``name`` or ``module``'s type, or None."""

@@ -38,6 +38,10 @@ def check_input(x: object) -> torch.Tensor:
         )
     if x.shape[0] == 0:
         raise ValueError("x is an empty batch (N = 0); pass at least one image")
+    if x.device.type == "meta":
+        raise ValueError(
+            "x is on the meta device and holds no values; pass a real tensor (x.to('cpu'))"
+        )
     if not torch.isfinite(x).all():
         raise ValueError("x contains NaN or Inf values; clean or re-normalise the input")
     return x

@@ -29,11 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import TargetSpec, check_input, check_model, model_logits, resolve_targets
 from .._guard import preserved
 from ..presets import Bounds
 from ..propagation import RulesSpec, propagate
 from ..propagation.layers import LINEAR_TYPES
+from ..targets import TargetSpec, resolve_targets
+from ..validation import check_input, check_model, model_logits
 from ._core import Aggregate, MetricResult, aggregate, check_maps, check_masks
 from .localisation import positive_share
 from .similarity import normalise_minmax, spearman, ssim

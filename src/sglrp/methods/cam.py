@@ -266,6 +266,7 @@ def relevance_cam(
     rules: RulesSpec = "dtd",
     bounds: Bounds | None = None,
     epsilon: float | None = None,
+    attention: str | None = None,
     relu: bool = False,
     normalize: bool = False,
     upsample: bool = True,
@@ -315,6 +316,7 @@ def relevance_cam(
         bounds,
         record=(requested,),
         epsilon=epsilon,
+        attention=attention,
         input_relevance=False,
     )
     ((name, a),) = result.layer_output.items()

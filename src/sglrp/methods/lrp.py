@@ -40,10 +40,11 @@ SGLRP_VARIANTS: dict[str, str] = {
 }
 
 
-def _lrp(model, x, target, output_relevance, rules, bounds, epsilon) -> Tensor:
-    return propagate(
-        model, x, target, output_relevance, rules, bounds, epsilon=epsilon
-    ).input_relevance
+def _lrp(model, x, target, output_relevance, rules, bounds, epsilon, attention) -> Tensor:
+    result = propagate(
+        model, x, target, output_relevance, rules, bounds, epsilon=epsilon, attention=attention
+    )
+    return result.input_relevance
 
 
 @register(
@@ -60,6 +61,7 @@ def lrp(
     rules: RulesSpec = "dtd",
     bounds: Bounds | None = None,
     epsilon: float | None = None,
+    attention: str | None = None,
 ) -> Tensor:
     """LRP: output relevance :math:`R_n = z_t` for :math:`n = t`, else 0 (paper eq. 3).
 
@@ -67,8 +69,10 @@ def lrp(
     choice) or a rule map ``[(module type or name, rule), ...]``, first match wins.
     ``bounds``: ``(low, high)`` for Z^B (:func:`sglrp.bounds_from_normalization`); None takes
     each image's own per-channel minimum and maximum. ``epsilon``: of the epsilon rules.
+    ``attention``: ``"cp"`` (attention weights constant) or ``"attnlrp"`` for transformers
+    (default: the preset's, else ``"cp"``).
     """
-    return _lrp(model, x, target, "lrp", rules, bounds, epsilon)
+    return _lrp(model, x, target, "lrp", rules, bounds, epsilon, attention)
 
 
 @register(
@@ -85,9 +89,10 @@ def clrp(
     rules: RulesSpec = "dtd",
     bounds: Bounds | None = None,
     epsilon: float | None = None,
+    attention: str | None = None,
 ) -> Tensor:
     """Contrastive LRP: :math:`z_t` at :math:`t`, :math:`-z_t/(C-1)` elsewhere (eq. 7)."""
-    return _lrp(model, x, target, "clrp", rules, bounds, epsilon)
+    return _lrp(model, x, target, "clrp", rules, bounds, epsilon, attention)
 
 
 @register(
@@ -105,6 +110,7 @@ def sglrp(
     bounds: Bounds | None = None,
     epsilon: float | None = None,
     variant: str = "paper",
+    attention: str | None = None,
 ) -> Tensor:
     """Softmax-Gradient LRP: :math:`R_n = \\partial y_t / \\partial z_n`, i.e.
     :math:`y_t(1-y_t)` at :math:`t` and :math:`-y_t y_n` elsewhere (eq. 10).
@@ -119,7 +125,7 @@ def sglrp(
             f"unknown SGLRP variant {variant!r}; use one of {', '.join(SGLRP_VARIANTS)}"
         )
     if variant == "paper":
-        return _lrp(model, x, target, "sglrp", rules or "dtd", bounds, epsilon)
+        return _lrp(model, x, target, "sglrp", rules or "dtd", bounds, epsilon, attention)
     if variant.startswith("innvestigate"):
         if rules is not None:
             raise ValueError(
@@ -133,7 +139,7 @@ def sglrp(
     def parts(logits: Tensor, t: Tensor) -> Tensor:
         return sglrp_parts(logits, t, relu_logits=relu_logits, dual_relu=dual_relu)
 
-    both = _lrp(model, x, target, parts, rules or "dtd", bounds, epsilon)
+    both = _lrp(model, x, target, parts, rules or "dtd", bounds, epsilon, attention)
     if target.is_multi:
         n, k = both.shape[:2]
         return combine_parts(both.flatten(0, 1)).unflatten(0, (n, k))
@@ -151,15 +157,16 @@ def output_relevance_method(output_relevance: OutputRelevance) -> Method:
         rules: RulesSpec = "dtd",
         bounds: Bounds | None = None,
         epsilon: float | None = None,
+        attention: str | None = None,
     ) -> Tensor:
-        return _lrp(model, x, target, output_relevance, rules, bounds, epsilon)
+        return _lrp(model, x, target, output_relevance, rules, bounds, epsilon, attention)
 
     name = getattr(output_relevance, "__name__", "custom")
     return Method(
         name=name,
         fn=custom,
         label=name,
-        options=("rules", "bounds", "epsilon"),
+        options=("rules", "bounds", "epsilon", "attention"),
         family="lrp",
         summary="a user's output relevance, propagated with LRP rules",
     )

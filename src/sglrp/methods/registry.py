@@ -288,5 +288,16 @@ def call(
     target = Target.of(target)
     with torch.inference_mode(False), torch.enable_grad(), frozen(model):
         private = x.detach().clone()
-        result = record.fn(model, private, target, **options)
+        try:
+            result = record.fn(model, private, target, **options)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            if "Inference tensors" in first:
+                raise RuntimeError(
+                    "the model's parameters were created under torch.inference_mode() and "
+                    "cannot be used with autograd; create or load the model outside it"
+                ) from err
+            raise RuntimeError(
+                f"method {record.name!r} failed on x of shape {tuple(x.shape)} ({x.dtype}): {first}"
+            ) from err
     return _check_result(record, x, result, target.is_multi)

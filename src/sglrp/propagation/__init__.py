@@ -77,7 +77,7 @@ def propagate(
     bounds: Bounds | None = None,
     record: Iterable[str] = (),
     epsilon: float | None = None,
-    attention: str = "cp",
+    attention: str | None = None,
     input_relevance: bool = True,
     masks: Mapping[str, Tensor] | None = None,
 ) -> PropagationResult:
@@ -99,7 +99,8 @@ def propagate(
         Module names whose output relevance (and output) to return; :data:`DEFAULT_LAYER`
         stands for the default CAM layer (reported under its name).
     attention
-        ``"cp"`` (CP-LRP: attention weights constant, the default) or ``"attnlrp"``.
+        ``"cp"`` (CP-LRP: attention weights constant) or ``"attnlrp"``; None: the preset's
+        (``"epsilon-attnlrp"``) or ``"cp"``.
     input_relevance
         False: stop the backward passes at the recorded layers (``input_relevance`` is then
         None).
@@ -146,7 +147,7 @@ def propagate(
         return out
 
     with frozen(model):
-        propagator = Propagator(model, rule_map, attention)
+        propagator = Propagator(model, rule_map, attention or rule_map.attention or "cp")
         run = propagator.run(x, vectors, record, input_relevance=input_relevance, masks=masks)
     relevance, layers = _stack(run.records, axes[-1])
     return PropagationResult(relevance, layers, run.layer_output, run.logits, resolved[-1])

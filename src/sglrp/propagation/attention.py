@@ -112,10 +112,13 @@ def _projection(
     rule = it.rule_of(rule_module) if rule_module is not None else None
     if not isinstance(rule, LinearRule | Gradient):
         rule = it.rule_map.rule_for_type(nn.Linear)
+    op = where.split("(")[-1].rstrip(")'") if "(" in where else "out_proj"
     if rule is None or isinstance(rule, Gradient) or not x.requires_grad:
         if rule is None:
             it.unmatched_linear.append(where)
+        it.note(f"linear ({op})", "gradient (LRP-0 with bias)")
         return F.linear(x, weight, bias)
+    it.note(f"linear ({op})", f"rule {rule.name}")
     out = it.rule_node(LinearOp.linear(weight, bias), rule, x, value, where)
     it.finalize(it.pending[id(out)])
     it.last = None
@@ -190,8 +193,10 @@ def multi_head(
     for i, (x, w, b) in enumerate(zip((query, key, value), weights, biases, strict=True)):
         if cp and i < 2:
             parts.append(F.linear(x, w, b).detach())
+            it.note(f"linear (in_proj {'qkv'[i]})", "no relevance (attention weights constant)")
         else:
-            parts.append(_projection(it, x, w, b, module, f"layer '{name}' (in_proj, {'qkv'[i]})"))
+            where = f"layer '{name}' (in_proj {'qkv'[i]})"
+            parts.append(_projection(it, x, w, b, module, where))
     q, k, v = (t.reshape(t.shape[0], batch * num_heads, head).transpose(0, 1) for t in parts)
     mask = _additive_mask(attn_mask, q.dtype, (tgt_len, src_len), is_causal and attn_mask is None)
     if mask is not None and mask.dim() == 3:

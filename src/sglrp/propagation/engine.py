@@ -159,11 +159,13 @@ class Propagator:
             raise ValueError(f"unknown layer {missing[0]!r}; {describe_layers(self.model)}")
         last_pass = [True]
         it = Interceptor(self.rule_map, self.names, self.attention, last_pass, log=inspect)
+        it.image_shape = x.shape
         x_in = x.detach().requires_grad_(True)
         with HookSet() as hooks:
             self._hook(hooks, it, record, masks)
             with torch.enable_grad():
                 x_model = x_in.clone()  # in-place operations of the model never reach x_in
+                it.layout[id(x_model)] = x_model
                 with it:
                     logits = self.model(x_model)
             logits = check_logits(logits, x.shape[0])
@@ -291,19 +293,6 @@ class Propagator:
         input_relevance: bool,
         last_pass: list[bool],
     ) -> list[PassRecord]:
-        first = it.first_input
-        use_first = (
-            first is not None
-            and first.numel() == x_in.numel()
-            and first.requires_grad
-            and first.grad_fn is not None
-        )
-        for sink in it.sinks:
-            if sink.numel() != x_in.numel():
-                raise ValueError(
-                    "a rule in relevance form (Z^B, flat, w-square) is applied to a layer whose "
-                    "input is not the model input; apply it to the first layer only"
-                )
         # without input relevance the backward stops at the recorded layers, unless a tapped
         # output was changed in place afterwards (then its tap's sink is read instead)
         stop_at = {
@@ -311,11 +300,8 @@ class Propagator:
             for tap in chosen.values()
             if not input_relevance and it.tapped[tap]._version == it.tapped_version[tap]
         }
-        if input_relevance or len(stop_at) < len(chosen):
-            inputs = [x_in, *it.sinks, *([first] if use_first else [])]
-        else:
-            inputs = []
-        inputs.extend(stop_at.values())
+        needs_input = input_relevance or len(stop_at) < len(chosen)
+        inputs = [*([x_in, *it.sinks] if needs_input else []), *stop_at.values()]
         records: list[PassRecord] = []
         for k, vector in enumerate(vectors):
             if start_with_relevance:
@@ -336,7 +322,7 @@ class Propagator:
             relevance = None
             if input_relevance:
                 head = grads[: len(grads) - len(stop_at)]
-                relevance = self._input_relevance(x_in, first, head, use_first, len(it.sinks))
+                relevance = self._input_relevance(x_in, head)
             stopped = dict(zip(stop_at, grads[len(grads) - len(stop_at) :], strict=True))
             layers = {}
             for label, tap in chosen.items():
@@ -350,20 +336,12 @@ class Propagator:
         return records
 
     @staticmethod
-    def _input_relevance(
-        x_in: Tensor,
-        first: Tensor | None,
-        grads: Sequence[Tensor | None],
-        use_first: bool,
-        n_sinks: int,
-    ) -> Tensor:
-        if use_first:
-            base, value = grads[-1], first.detach()
-        else:
-            base, value = grads[0], x_in.detach()
-        relevance = torch.zeros_like(x_in) if base is None else (value * base).view_as(x_in)
-        for g in grads[1 : 1 + n_sinks]:
-            if g is not None:
+    def _input_relevance(x_in: Tensor, grads: Sequence[Tensor | None]) -> Tensor:
+        """:math:`x \\odot s_x` plus the relevance of rules in relevance form (their sinks)."""
+        base = grads[0]
+        relevance = torch.zeros_like(x_in) if base is None else x_in.detach() * base
+        for g in grads[1:]:
+            if g is not None:  # a sink, in the image's memory order
                 relevance = relevance + g.reshape(x_in.shape)
         return relevance.detach()
 

@@ -25,6 +25,7 @@ engine cannot treat is found afterwards in the autograd graph (:mod:`.graphcheck
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -114,6 +115,24 @@ MATMULS = frozenset(
     {torch.matmul, T.matmul, T.__matmul__, T.__rmatmul__, torch.bmm, T.bmm, torch.mm, T.mm}
 )
 SOFTMAXES = frozenset({F.softmax, torch.softmax, T.softmax})
+SHIFTS = frozenset(
+    {
+        torch.add,
+        torch.sub,
+        T.add,
+        T.sub,
+        T.__add__,
+        T.__radd__,
+        T.__sub__,
+        T.__rsub__,
+        T.add_,
+        T.sub_,
+        T.__iadd__,
+        T.__isub__,
+    }
+)
+"""Additions of a constant: before the first linear layer (preprocessing inside the model,
+``x - mean``) they take the identity rule, so the image keeps all relevance."""
 NORMS = frozenset({F.layer_norm, F.group_norm, F.instance_norm, F.rms_norm})
 _METADATA = {
     "size",
@@ -127,6 +146,20 @@ _METADATA = {
 }
 
 ATTENTION_MODES = ("cp", "attnlrp")
+_REORDERLESS = {
+    "view",
+    "reshape",
+    "flatten",
+    "unflatten",
+    "squeeze",
+    "unsqueeze",
+    "contiguous",
+    "clone",
+    "view_as",
+    "reshape_as",
+}
+"""Operations that keep a tensor's values in memory order (a relevance-form rule may read the
+image through them)."""
 
 
 @dataclass
@@ -219,6 +252,8 @@ class Interceptor(TorchFunctionMode):
         self.pending: dict[int, Pending] = {}
         self.last: Pending | None = None
         self.first_input: Tensor | None = None
+        self.image_shape: torch.Size | None = None
+        self.layout: dict[int, Tensor] = {}  # tensors holding the image's values in its order
         self.sinks: list[Tensor] = []
         self.gates: dict[int, Tensor] = {}
         self.sites: dict[int, tuple[str, Site]] = {}
@@ -345,6 +380,8 @@ class Interceptor(TorchFunctionMode):
         if handler is None:
             self.consume(args, kwargs)
             result = func(*args, **kwargs)
+            if name in _REORDERLESS and args and self.layout.get(id(args[0])) is args[0]:
+                self.layout[id(result)] = result
             if self.treatments is not None:
                 node = getattr(result, "grad_fn", None)
                 why = None if node is None else judge(node, self.attention == "attnlrp")
@@ -373,6 +410,8 @@ class Interceptor(TorchFunctionMode):
             return self._norm
         if func is F.glu:
             return self._glu
+        if func in SHIFTS and self.first_input is None:
+            return self._preprocessing
         if func is F.scaled_dot_product_attention:
             return self._sdpa
         if func is F.multi_head_attention_forward:
@@ -392,10 +431,16 @@ class Interceptor(TorchFunctionMode):
         where: str,
     ) -> Tensor:
         """Wrap ``value`` (the layer's output) in a pending rule node."""
-        if rule.relevance_form and layer_input is not self.first_input:
+        if rule.relevance_form and (
+            layer_input is not self.first_input
+            or self.layout.get(id(layer_input)) is not layer_input
+        ):
             raise ValueError(
-                f"rule {rule.name} on {where} needs the model input as the layer input; apply "
-                "it only to the first layer"
+                f"rule {rule.name} on {where} needs the image itself as the layer's input "
+                f"(shape {tuple(self.image_shape or ())}, or a reshape of it), got shape "
+                f"{tuple(layer_input.shape)}; "
+                "apply it only to a first layer that sees the image, or choose rules without "
+                "it (e.g. 'lrp0', 'epsilon')"
             )
         nonneg = bool(layer_input.min() >= 0) if rule.needs_sign else False
         state = RuleState(
@@ -410,7 +455,11 @@ class Interceptor(TorchFunctionMode):
             state.x = layer_input.detach()
         if rule.bounds() is not None:
             low, high = rule.bounds()
+            if low is None:  # the input's own per-image, per-channel range
+                flat = layer_input.detach().flatten(2)
+                low, high = flat.amin(dim=2), flat.amax(dim=2)
             state.bounds = (normalise_bound(low, layer_input), normalise_bound(high, layer_input))
+            _check_within(layer_input.detach(), *state.bounds, where)
         sink = None
         if rule.relevance_form:
             sink = torch.zeros((), dtype=layer_input.dtype, device=layer_input.device)
@@ -458,6 +507,29 @@ class Interceptor(TorchFunctionMode):
         self.note(func.__name__, f"rule {_describe(rule)}")
         return self.rule_node(op, rule, x, value, where)
 
+    def _preprocessing(self, func, args, kwargs, last):
+        self.consume(args, kwargs)
+        operands = [a for a in args[:2] if isinstance(a, Tensor)]
+        active = [a for a in operands if a.requires_grad]
+        if len(active) != 1:
+            return func(*args, **kwargs)
+        x = active[0]
+        with torch.no_grad():
+            value = func(*args, **kwargs) if not func.__name__.endswith("_") else None
+        inplace = func.__name__.endswith("_") or func.__name__.startswith("__i")
+        if inplace:
+            with torch.no_grad():
+                value = x.clone()
+                getattr(value, func.__name__)(*args[1:], **kwargs)
+        out = PassNode.apply(x, value, Pass().epsilon(x.dtype))
+        self.note(func.__name__, "identity rule (preprocessing before the first layer)")
+        if inplace:
+            x.copy_(out)
+            out = x
+        if self.layout.get(id(x)) is x:
+            self.layout[id(out)] = out
+        return out
+
     def _batch_norm(self, func, args, kwargs, last):
         bound = _bind(
             (
@@ -480,6 +552,14 @@ class Interceptor(TorchFunctionMode):
                 "statistics (no running statistics), so each image's explanation would depend on "
                 "the others; use running statistics (track_running_stats=True)"
             )
+        if self.first_input is None and _active(x):
+            with torch.no_grad():
+                value = func(*args, **kwargs)
+            self.note("batch_norm", "identity rule (preprocessing before the first layer)")
+            out = PassNode.apply(x, value, Pass().epsilon(x.dtype))
+            if self.layout.get(id(x)) is x:
+                self.layout[id(out)] = out
+            return out
         value = func(*args, **kwargs)
         fresh = last is not None and x is last.out and x._version == last.version
         if not (fresh and isinstance(last.state.rule, LinearRule)) or _active(bound.get("weight")):
@@ -772,6 +852,21 @@ def _out_of_place(func: Callable, args: tuple, kwargs: dict) -> Tensor:
     if "inplace" in kwargs:
         kwargs = {**kwargs, "inplace": False}
     return func(*args, **kwargs)
+
+
+def _check_within(x: Tensor, low: Tensor, high: Tensor, where: str) -> None:
+    """Warn when the input leaves the Z^B box (wrong normalisation or bounds)."""
+    slack = 1e-4 * float((high - low).abs().max())
+    below, above = bool((x < low - slack).any()), bool((x > high + slack).any())
+    if below or above:
+        warnings.warn(
+            f"the input of {where} lies {'below' if below else 'above'} the Z^B bounds "
+            f"(x from {float(x.min()):.4g} to {float(x.max()):.4g}, bounds "
+            f"{float(low.min()):.4g} to {float(high.max()):.4g}); Z^B assumes low <= x <= high: "
+            "check the mean/std given to sglrp.bounds_from_normalization",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 def normalise_bound(bound: Tensor | float, x: Tensor) -> Tensor:
