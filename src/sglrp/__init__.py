@@ -5,7 +5,7 @@
 """
 
 from . import methods, rules
-from .api import available_methods, explain, heatmap
+from .api import Explainer, available_methods, explain, heatmap
 from .inspection import Inspection, inspect
 from .presets import PRESETS, bounds_from_normalization
 from .rules import RuleMap
@@ -15,6 +15,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "PRESETS",
+    "Explainer",
     "Inspection",
     "RuleMap",
     "Target",

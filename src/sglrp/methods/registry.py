@@ -229,6 +229,16 @@ def _check_dtype(model: nn.Module, x: Tensor) -> None:
         )
 
 
+_ZERO_REASONS = {
+    "lrp": "no relevance reached the input (a target logit of 0, all relevance absorbed by "
+    "biases, or units without positive contributions under z+)",
+    "gradient": "the gradient is zero at the input (every path through inactive ReLUs)",
+    "cam": "no feature map has a positive weighted sum (the CAM's ReLU removed everything) "
+    "or the layer's output is zero",
+    "attention": "the attention map is zero",
+}
+
+
 def _check_result(record: Method, x: Tensor, result: object, multi: bool) -> Tensor:
     if not isinstance(result, Tensor):
         raise TypeError(f"method {record.name!r} returned {type(result).__name__}, not a tensor")
@@ -248,9 +258,8 @@ def _check_result(record: Method, x: Tensor, result: object, multi: bool) -> Ten
         where = zero.nonzero().tolist()
         warnings.warn(
             f"method {record.name!r} gave an all-zero map for (image{', target' if multi else ''}"
-            f") {', '.join(map(str, where[:5]))}{' ...' if len(where) > 5 else ''}: nothing "
-            "reached the input (for example a target logit of 0, all relevance absorbed by "
-            "biases, or a dead layer)",
+            f") {', '.join(map(str, where[:5]))}{' ...' if len(where) > 5 else ''}: "
+            f"{_ZERO_REASONS.get(record.family, _ZERO_REASONS['lrp'])}",
             RuntimeWarning,
             stacklevel=4,
         )

@@ -119,7 +119,7 @@ def _projection(
         it.note(f"linear ({op})", "gradient (LRP-0 with bias)")
         return F.linear(x, weight, bias)
     it.note(f"linear ({op})", f"rule {rule.name}")
-    out = it.rule_node(LinearOp.linear(weight, bias), rule, x, value, where)
+    out = it.rule_node(LinearOp.linear(weight, bias, it.cache), rule, x, value, where)
     it.finalize(it.pending[id(out)])
     it.last = None
     return out

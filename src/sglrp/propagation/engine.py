@@ -35,7 +35,7 @@ from ..rules import Gradient, LinearRule, Rule, RuleMap
 from ..validation import check_logits
 from .graphcheck import UnsupportedOperation, check_graph
 from .interceptor import Interceptor, Treatment
-from .layers import LINEAR_TYPES
+from .layers import LINEAR_TYPES, WeightCache, current_cache
 
 __all__ = ["DEFAULT_LAYER", "PassRecord", "Propagator", "RunResult", "describe_layers"]
 
@@ -87,8 +87,15 @@ class Propagator:
         ``"cp"`` (attention weights constant) or ``"attnlrp"``.
     """
 
-    def __init__(self, model: nn.Module, rule_map: RuleMap, attention: str = "cp") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        rule_map: RuleMap,
+        attention: str = "cp",
+        cache: WeightCache | None = None,
+    ) -> None:
         self.model = model
+        self.cache = cache
         self.rule_map = rule_map
         self.attention = attention
         self.names: dict[nn.Module, str] = {}
@@ -158,7 +165,14 @@ class Propagator:
         if missing:
             raise ValueError(f"unknown layer {missing[0]!r}; {describe_layers(self.model)}")
         last_pass = [True]
-        it = Interceptor(self.rule_map, self.names, self.attention, last_pass, log=inspect)
+        # modified weights live from the forward to the last backward pass (or, with a cache
+        # of the caller's, as long as the caller keeps it)
+        cache = self.cache if self.cache is not None else current_cache()
+        if cache is None:
+            cache = WeightCache()
+        it = Interceptor(
+            self.rule_map, self.names, self.attention, last_pass, log=inspect, cache=cache
+        )
         it.image_shape = x.shape
         x_in = x.detach().requires_grad_(True)
         with HookSet() as hooks:

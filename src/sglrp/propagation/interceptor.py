@@ -47,7 +47,7 @@ from ..rules import (
 )
 from . import attention
 from .graphcheck import Site, judge
-from .layers import LinearOp
+from .layers import LinearOp, WeightCache
 from .nodes import (
     UNSAVED_OUTPUTS,
     FusedRelu,
@@ -237,6 +237,7 @@ class Interceptor(TorchFunctionMode):
         attention_mode: str,
         last_pass: list[bool],
         log: bool = False,
+        cache: WeightCache | None = None,
     ) -> None:
         super().__init__()
         if attention_mode not in ATTENTION_MODES:
@@ -245,6 +246,7 @@ class Interceptor(TorchFunctionMode):
                 "weights constant) or 'attnlrp'"
             )
         self.rule_map = rule_map
+        self.cache = cache
         self.names = names
         self.attention = attention_mode
         self.last_pass = last_pass
@@ -325,8 +327,11 @@ class Interceptor(TorchFunctionMode):
 
     # -- lazily computed ratios -------------------------------------------------------------
 
-    def finalize(self, pending: Pending, start_from_relevance: bool = False) -> None:
-        """Compute the ratios of a pending rule node (its output is about to be used)."""
+    def finalize(
+        self, pending: Pending, start_from_relevance: bool = False, relu: bool = False
+    ) -> None:
+        """Compute the ratios of a pending rule node (its output is about to be used);
+        ``relu`` folds an in-place ReLU on its output in (and applies it)."""
         self.pending.pop(id(pending.out), None)
         if pending.layer_input._version != pending.input_version:
             raise RuntimeError(
@@ -339,8 +344,7 @@ class Interceptor(TorchFunctionMode):
             if start_from_relevance:
                 pending.state.start_from_relevance(x, value)
             else:
-                pending.state.compute_ratios(x, value)
-        pending.state.op.release()
+                pending.state.compute_ratios(x, value, relu=relu)
 
     def consume(self, args: tuple, kwargs: dict) -> None:
         """Finalize every pending rule node whose output this call uses."""
@@ -493,7 +497,7 @@ class Interceptor(TorchFunctionMode):
             self.note(func.__name__, "gradient (LRP-0 with bias)" + ("" if rule else ": no rule"))
             return value
         if func is F.linear:
-            op = LinearOp.linear(weight, bound.get("bias"))
+            op = LinearOp.linear(weight, bound.get("bias"), self.cache)
         else:
             op = LinearOp.conv(
                 weight,
@@ -503,6 +507,7 @@ class Interceptor(TorchFunctionMode):
                 bound.get("dilation", 1),
                 bound.get("groups", 1),
                 where,
+                self.cache,
             )
         self.note(func.__name__, f"rule {_describe(rule)}")
         return self.rule_node(op, rule, x, value, where)
@@ -637,9 +642,7 @@ class Interceptor(TorchFunctionMode):
         # a tapped output must keep the ReLU above the tap: folding the mask into the rule's
         # ratios would apply it below the recorded relevance
         if inplace and fresh and not last.taps:
-            self.pending.pop(id(x), None)
-            self.finalize(last)
-            last.state.mask_ratios(x > 0)
+            self.finalize(last, relu=True)
             self.note(func.__name__, f"identity, folded into {last.state.name}")
             return FusedRelu.apply(x)
         self.consume(args, kwargs)

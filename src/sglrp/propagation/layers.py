@@ -9,7 +9,9 @@ that a rule sees one affine layer.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -24,6 +26,57 @@ BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 #: Linear layers with more weights than this are processed in row chunks, so a modified copy
 #: of a large weight matrix (VGG16's first classifier layer has 103 M) never exists at once.
 CHUNK_ELEMENTS = 1 << 20
+
+#: Modified weights up to this size are kept from the forward to the backward pass (and, in an
+#: :class:`sglrp.Explainer`, across calls); larger ones are rebuilt where they are used.
+CACHE_ELEMENTS = 1 << 22
+
+
+class WeightCache:
+    """Modified weights (:math:`w^+`, :math:`w^-`, ...) computed once and shared.
+
+    Keys hold the identity and version of every tensor a weight is derived from (the layer's
+    weight, the batch norm merged into it), so a parameter changed in place (an optimiser
+    step) is never served stale: its entry is rebuilt.
+    """
+
+    def __init__(self, max_elements: int = CACHE_ELEMENTS) -> None:
+        self.max_elements = max_elements
+        self._entries: dict[tuple, tuple[tuple, Tensor]] = {}
+
+    def get(self, key: tuple, versions: tuple, compute: Callable[[], Tensor]) -> Tensor:
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] == versions:
+            return entry[1]
+        value = compute()
+        self._entries[key] = (versions, value)
+        return value
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+_SHARED: ContextVar[WeightCache | None] = ContextVar("sglrp_weight_cache", default=None)
+
+
+@contextmanager
+def shared_cache(cache: WeightCache) -> Iterator[WeightCache]:
+    """Let every propagation inside the block use ``cache`` (how an Explainer keeps its
+    modified weights across calls)."""
+    token = _SHARED.set(cache)
+    try:
+        yield cache
+    finally:
+        _SHARED.reset(token)
+
+
+def current_cache() -> WeightCache | None:
+    """The cache of the enclosing :func:`shared_cache` block, if any."""
+    return _SHARED.get()
+
 
 _CONV_FORWARD = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_INPUT_GRAD = {
@@ -73,13 +126,20 @@ class LinearOp:
     padding: tuple[int, ...] = ()
     dilation: tuple[int, ...] = ()
     groups: int = 1
-    caching: bool = True
-    _cache: dict = field(default_factory=dict, repr=False)
+    sources: tuple[Tensor, ...] = field(default=(), repr=False)
+    cache: WeightCache | None = field(default=None, repr=False)
 
     @classmethod
-    def linear(cls, weight: Tensor, bias: Tensor | None) -> LinearOp:
+    def linear(
+        cls, weight: Tensor, bias: Tensor | None, cache: WeightCache | None = None
+    ) -> LinearOp:
         """The op of ``F.linear(x, weight, bias)``."""
-        return cls(weight.detach(), None if bias is None else bias.detach())
+        return cls(
+            weight.detach(),
+            None if bias is None else bias.detach(),
+            sources=(weight,),
+            cache=cache,
+        )
 
     @classmethod
     def conv(
@@ -91,6 +151,7 @@ class LinearOp:
         dilation: int | tuple[int, ...],
         groups: int,
         where: str,
+        cache: WeightCache | None = None,
     ) -> LinearOp:
         """The op of ``F.convNd(x, weight, bias, stride, padding, dilation, groups)``."""
         ndim = weight.ndim - 2
@@ -103,6 +164,8 @@ class LinearOp:
             padding=conv_padding(padding, tuple(weight.shape[2:]), dilation, where),
             dilation=dilation,
             groups=int(groups),
+            sources=(weight,),
+            cache=cache,
         )
 
     def merged(
@@ -122,7 +185,8 @@ class LinearOp:
             shift = shift + bias.detach()
         w = self.weight * scale.view(-1, *([1] * (self.weight.ndim - 1)))
         b = shift if self.bias is None else self.bias * scale + shift
-        return replace(self, weight=w, bias=b, _cache={})
+        merged_from = tuple(t for t in (running_mean, running_var, weight) if t is not None)
+        return replace(self, weight=w, bias=b, sources=self.sources + merged_from)
 
     @property
     def out_features(self) -> int:
@@ -138,20 +202,17 @@ class LinearOp:
         return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
 
     def param(self, modifier: Callable[[Tensor], Tensor], rows: slice | None = None) -> Tensor:
-        """``modifier(weight[rows])``, cached while :attr:`caching` is on (small weights only)."""
+        """``modifier(weight[rows])``, from the cache for weights small enough to keep."""
         weight = self.weight if rows is None else self.weight[rows]
         if modifier is keep:
             return weight
-        if rows is not None or not self.caching or weight.numel() > CHUNK_ELEMENTS:
+        cache = self.cache
+        if cache is None or self.weight.numel() > cache.max_elements:
             return modifier(weight)
-        if modifier not in self._cache:
-            self._cache[modifier] = modifier(weight)
-        return self._cache[modifier]
-
-    def release(self) -> None:
-        """Drop cached modified weights; they are recomputed when needed again."""
-        self._cache.clear()
-        self.caching = False
+        key = (tuple(id(t) for t in self.sources), modifier)
+        versions = tuple(t._version for t in self.sources)
+        full = cache.get(key, versions, lambda: modifier(self.weight))
+        return full if rows is None else full[rows]
 
     # -- maps -------------------------------------------------------------------------------
 

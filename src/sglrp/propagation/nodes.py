@@ -59,12 +59,13 @@ class Replace(torch.autograd.Function):
 
 class FusedRelu(torch.autograd.Function):
     """In-place ReLU on a rule layer's fresh output whose mask was folded into the rule's
-    ratios: its backward is the identity and it saves nothing."""
+    ratios (which also clamped ``value`` already): its backward is the identity and it saves
+    nothing."""
 
     @staticmethod
     def forward(ctx, value: Tensor) -> Tensor:
         ctx.mark_dirty(value)
-        return value.clamp_(min=0)
+        return value
 
     @staticmethod
     def backward(ctx, grad: Tensor):

@@ -128,10 +128,18 @@ class RuleState:
             ratio.masked_fill_(value >= 0, 0.0)
         return ratio
 
-    def compute_ratios(self, x: Tensor, value: Tensor) -> None:
-        """Ratios :math:`z / d_g` (zero outside a group's selected output sign)."""
+    def compute_ratios(self, x: Tensor, value: Tensor, relu: bool = False) -> None:
+        """Ratios :math:`z / d_g` (zero outside a group's selected output sign).
+
+        ``relu``: a ReLU applied in place to the output is folded in: the denominators are
+        taken from :math:`z`, then ``value`` is clamped in place and the ratios become
+        :math:`\\max(z, 0) / d_g`, i.e. :math:`z / d_g` masked by :math:`z > 0`.
+        """
         self.ratios = []
-        for group, d in zip(self.rule.groups, self.denominators(x, value), strict=True):
+        denominators = self.denominators(x, value)
+        if relu:
+            value.clamp_(min=0)
+        for group, d in zip(self.rule.groups, denominators, strict=True):
             if d is None:
                 self.ratios.append(None)
                 continue
@@ -151,12 +159,6 @@ class RuleState:
                 continue
             inverse = torch.where(d == 0, torch.zeros_like(d), d.reciprocal())
             self.ratios.append(self._select(inverse, group.select, value))
-
-    def mask_ratios(self, keep_mask: Tensor) -> None:
-        """Zero the ratios where ``keep_mask`` is False (a following ReLU's mask)."""
-        for ratio in self.ratios:
-            if ratio is not None:
-                ratio.mul_(keep_mask)
 
     def backward(self, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
         """Map the output's relevance per activation to the input's.

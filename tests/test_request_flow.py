@@ -1,0 +1,95 @@
+"""One request flow: forward passes counted, the Explainer equals explain, and a method
+registered by a user appears everywhere the registry is read."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import sglrp
+from sglrp import methods
+from sglrp.targets import Target
+
+
+def net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(6 * 16, 5),
+    ).eval()
+
+
+class Counter:
+    def __init__(self, model: nn.Module) -> None:
+        self.calls = 0
+        self.handle = model.register_forward_hook(self)
+
+    def __call__(self, *args: object) -> None:
+        self.calls += 1
+
+
+@pytest.mark.parametrize("target", ["predicted", torch.tensor([[0, 1], [2, 3]])])
+@pytest.mark.parametrize("name", methods.available())
+def test_forward_passes_per_call(name: str, target: object) -> None:
+    """One forward pass per call, whatever the number of targets, except guided Grad-CAM
+    (two: its two gradients need differently built ReLU backwards) and the random baseline
+    (none)."""
+    model = net()
+    counter = Counter(model)
+    x = torch.rand(2, 3, 8, 8)
+    sglrp.explain(model, x, target, method=name)
+    counter.handle.remove()
+    assert counter.calls == methods.get(name).forward_passes
+    expected = {"guided_gradcam": 2, "random": 0}.get(name, 1)
+    assert methods.get(name).forward_passes == expected
+
+
+@pytest.mark.parametrize("variant", ["authors", "innvestigate-1.0.0", "innvestigate-1.0.8.3"])
+def test_sglrp_variants_take_one_forward_pass(variant: str) -> None:
+    model = net()
+    counter = Counter(model)
+    sglrp.explain(model, torch.rand(2, 3, 8, 8), method="sglrp", variant=variant)
+    assert counter.calls == 1
+
+
+def test_explainer_equals_explain_and_keeps_modified_weights() -> None:
+    model = net()
+    x = torch.rand(3, 3, 8, 8)
+    explainer = sglrp.Explainer(model, "sglrp", rules="epsilon-plus")
+    torch.testing.assert_close(explainer(x, 1), sglrp.explain(model, x, 1, rules="epsilon-plus"))
+    kept = len(explainer.cache)
+    assert kept > 0
+    with torch.no_grad():  # a parameter changed in place: its modified copy is rebuilt
+        model[4].weight.mul_(-1.0)
+    torch.testing.assert_close(explainer(x, 1), sglrp.explain(model, x, 1, rules="epsilon-plus"))
+    assert len(explainer.cache) == kept
+    with pytest.raises(TypeError, match="does not take 'layer'"):
+        sglrp.Explainer(model, "sglrp", layer="0")
+
+
+def test_a_registered_method_is_available_everywhere() -> None:
+    @methods.register("saliency", label="Saliency", summary="max |gradient| over channels")
+    def saliency(model: nn.Module, x: Tensor, target: Target) -> Tensor:
+        grad = methods.input_gradient(model, x, target)
+        return grad.abs().amax(dim=-3, keepdim=True)
+
+    try:
+        assert "saliency" in sglrp.available_methods()
+        model = net()
+        x = torch.rand(2, 3, 8, 8)
+        out = sglrp.explain(model, x, "predicted", method="Saliency")
+        assert out.shape == (2, 1, 8, 8)
+        assert methods.get("saliency").label == "Saliency"
+        assert methods.get("saliency").options == ()
+        with pytest.raises(ValueError, match="already registered"):
+            methods.register("saliency", saliency)
+    finally:
+        methods.unregister("saliency")
+    assert "saliency" not in sglrp.available_methods()
