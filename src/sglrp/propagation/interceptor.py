@@ -25,8 +25,7 @@ engine cannot treat is found afterwards in the autograd graph (:mod:`.graphcheck
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,130 +35,41 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ..rules import (
-    Gate,
     Gradient,
     LinearRule,
     Pass,
-    ProportionalPool,
     Rule,
     RuleMap,
-    Uniform,
 )
-from . import attention
 from .graphcheck import Site, judge
 from .layers import LinearOp, WeightCache
 from .nodes import (
     UNSAVED_OUTPUTS,
     FusedRelu,
     GradMask,
-    MaxPoolIndices,
     PassNode,
-    Replace,
     RuleNode,
     Tap,
 )
-from .state import RuleState
-
-T = torch.Tensor
-
-LINEAR_KINDS: dict[Callable, type[nn.Module]] = {
-    F.linear: nn.Linear,
-    F.conv1d: nn.Conv1d,
-    F.conv2d: nn.Conv2d,
-    F.conv3d: nn.Conv3d,
-}
-"""Functional linear maps, with the module type whose rules they follow."""
-
-#: Elementwise nonlinearities (identity rule) -> position of their ``inplace`` argument.
-ACTIVATIONS: dict[Callable, int | None] = {
-    F.silu: 1,
-    F.gelu: None,
-    F.hardswish: 1,
-    F.mish: 1,
-    F.elu: 2,
-    F.selu: 1,
-    F.celu: 2,
-    F.leaky_relu: 2,
-    F.relu6: 1,
-    F.hardtanh: 3,
-    F.hardsigmoid: 1,
-    F.softplus: None,
-    F.logsigmoid: None,
-    F.softsign: None,
-    F.tanhshrink: None,
-    F.prelu: None,
-    F.rrelu: 4,
-    F.threshold: 3,
-    torch.sigmoid: None,
-    T.sigmoid: None,
-    torch.tanh: None,
-    T.tanh: None,
-    T.sigmoid_: -1,
-    T.tanh_: -1,
-    torch.sigmoid_: -1,
-    torch.tanh_: -1,
-}
-GATE_FUNCTIONS = frozenset({F.hardsigmoid, torch.sigmoid, T.sigmoid, T.sigmoid_, torch.sigmoid_})
-"""Functions whose output is a gate in [0, 1] (the factor a :class:`Gate` holds constant)."""
-RELUS: dict[Callable, bool] = {
-    F.relu: False,
-    torch.relu: False,
-    T.relu: False,
-    torch.relu_: True,
-    T.relu_: True,
-}
-PRODUCTS = frozenset(
-    {torch.mul, T.mul, T.__mul__, T.__rmul__, T.mul_, T.__imul__, torch.multiply, T.multiply}
+from .operations import (
+    ACTIVATIONS,
+    ATTENTION_MODES,
+    LINEAR_KINDS,
+    MATMULS,
+    METADATA,
+    NORMS,
+    PRODUCTS,
+    RELUS,
+    REORDERLESS,
+    SHIFTS,
+    SOFTMAXES,
+    active,
+    bind,
+    bind_linear,
+    tensors,
 )
-MATMULS = frozenset(
-    {torch.matmul, T.matmul, T.__matmul__, T.__rmatmul__, torch.bmm, T.bmm, torch.mm, T.mm}
-)
-SOFTMAXES = frozenset({F.softmax, torch.softmax, T.softmax})
-SHIFTS = frozenset(
-    {
-        torch.add,
-        torch.sub,
-        T.add,
-        T.sub,
-        T.__add__,
-        T.__radd__,
-        T.__sub__,
-        T.__rsub__,
-        T.add_,
-        T.sub_,
-        T.__iadd__,
-        T.__isub__,
-    }
-)
-"""Additions of a constant: before the first linear layer (preprocessing inside the model,
-``x - mean``) they take the identity rule, so the image keeps all relevance."""
-NORMS = frozenset({F.layer_norm, F.group_norm, F.instance_norm, F.rms_norm})
-_METADATA = {
-    "size",
-    "dim",
-    "numel",
-    "__get__",
-    "__set__",
-    "stride",
-    "is_contiguous",
-    "element_size",
-}
-
-ATTENTION_MODES = ("cp", "attnlrp")
-_REORDERLESS = {
-    "view",
-    "reshape",
-    "flatten",
-    "unflatten",
-    "squeeze",
-    "unsqueeze",
-    "contiguous",
-    "clone",
-    "view_as",
-    "reshape_as",
-}
-"""Operations that keep a tensor's values in memory order (a relevance-form rule may read the
-image through them)."""
+from .state import RuleState, check_within, normalise_bound
+from .treatments import NonlinearTreatments
 
 
 @dataclass
@@ -193,27 +103,7 @@ class Pending:
     superseded: bool = False
 
 
-def _tensors(args: Any) -> Iterator[Tensor]:
-    for arg in args:
-        if isinstance(arg, Tensor):
-            yield arg
-        elif isinstance(arg, list | tuple):
-            yield from _tensors(arg)
-
-
-def _active(t: object) -> bool:
-    return isinstance(t, Tensor) and t.requires_grad
-
-
-def _inplace(args: tuple, kwargs: dict, position: int | None) -> bool:
-    if position is None:
-        return False
-    if position < 0:
-        return True
-    return bool(kwargs.get("inplace", args[position] if len(args) > position else False))
-
-
-class Interceptor(TorchFunctionMode):
+class Interceptor(NonlinearTreatments, TorchFunctionMode):
     """The treatments of one forward pass (see the module docstring).
 
     Parameters
@@ -298,7 +188,7 @@ class Interceptor(TorchFunctionMode):
 
     def _record(self, result: Any, op: str) -> None:
         site = None
-        for t in _tensors(result if isinstance(result, tuple | list) else (result,)):
+        for t in tensors(result if isinstance(result, tuple | list) else (result,)):
             node = t.grad_fn
             if node is None:
                 continue
@@ -350,7 +240,7 @@ class Interceptor(TorchFunctionMode):
         """Finalize every pending rule node whose output this call uses."""
         if not self.pending:
             return
-        for t in _tensors((*args, *kwargs.values())):
+        for t in tensors((*args, *kwargs.values())):
             pending = self.pending.get(id(t))
             if pending is not None and pending.out is t:
                 self.finalize(pending)
@@ -374,17 +264,17 @@ class Interceptor(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
-        if name in _METADATA or self.quiet:
+        if name in METADATA or self.quiet:
             return func(*args, **kwargs)
         last, self.last = self.last, None
-        if not any(_active(t) for t in _tensors((*args, *kwargs.values()))):
+        if not any(active(t) for t in tensors((*args, *kwargs.values()))):
             self.consume(args, kwargs)
             return func(*args, **kwargs)
         handler = self._handler(func, name)
         if handler is None:
             self.consume(args, kwargs)
             result = func(*args, **kwargs)
-            if name in _REORDERLESS and args and self.layout.get(id(args[0])) is args[0]:
+            if name in REORDERLESS and args and self.layout.get(id(args[0])) is args[0]:
                 self.layout[id(result)] = result
             if self.treatments is not None:
                 node = getattr(result, "grad_fn", None)
@@ -463,7 +353,7 @@ class Interceptor(TorchFunctionMode):
                 flat = layer_input.detach().flatten(2)
                 low, high = flat.amin(dim=2), flat.amax(dim=2)
             state.bounds = (normalise_bound(low, layer_input), normalise_bound(high, layer_input))
-            _check_within(layer_input.detach(), *state.bounds, where)
+            check_within(layer_input.detach(), *state.bounds, where)
         sink = None
         if rule.relevance_form:
             sink = torch.zeros((), dtype=layer_input.dtype, device=layer_input.device)
@@ -478,24 +368,13 @@ class Interceptor(TorchFunctionMode):
 
     def _linear(self, func, args, kwargs, last):
         self.consume(args, kwargs)
-        bound = _bind_linear(func, args, kwargs)
+        bound = bind_linear(func, args, kwargs)
         x, weight = bound["input"], bound["weight"]
-        where = self._where(func.__name__)
-        if not _active(x) or _active(weight) or _active(bound.get("bias")):
+        if not active(x) or active(weight) or active(bound.get("bias")):
             result = func(*args, **kwargs)
             self.note(func.__name__, "gradient (weights depend on the input)")
             return result
-        first = self.first_input is None
-        if first:
-            self.first_input = x
-        rule = self.rule_map.first if first and self.rule_map.first is not None else None
-        rule = rule or self.linear_rule(LINEAR_KINDS[func], where)
-        value = func(*args, **kwargs)
-        if rule is None or isinstance(rule, Gradient):
-            if rule is None:
-                self.unmatched_linear.append(where)
-            self.note(func.__name__, "gradient (LRP-0 with bias)" + ("" if rule else ": no rule"))
-            return value
+        where = self._where(func.__name__)
         if func is F.linear:
             op = LinearOp.linear(weight, bound.get("bias"), self.cache)
         else:
@@ -509,7 +388,25 @@ class Interceptor(TorchFunctionMode):
                 where,
                 self.cache,
             )
-        self.note(func.__name__, f"rule {_describe(rule)}")
+        return self.linear_node(op, x, func(*args, **kwargs), LINEAR_KINDS[func], func.__name__)
+
+    def linear_node(
+        self, op: LinearOp, x: Tensor, value: Tensor, kind: type[nn.Module], name: str
+    ) -> Tensor:
+        """``value = op(x)`` with the rule of the calling module (or of ``kind``), or of the
+        rule map's first layer if it is the first linear map applied to activations."""
+        where = self._where(name)
+        first = self.first_input is None
+        if first:
+            self.first_input = x
+        rule = self.rule_map.first if first and self.rule_map.first is not None else None
+        rule = rule or self.linear_rule(kind, where)
+        if rule is None or isinstance(rule, Gradient):
+            if rule is None:
+                self.unmatched_linear.append(where)
+            self.note(name, "gradient (LRP-0 with bias)" + ("" if rule else ": no rule"))
+            return value
+        self.note(name, f"rule {_describe(rule)}")
         return self.rule_node(op, rule, x, value, where)
 
     def _preprocessing(self, func, args, kwargs, last):
@@ -536,7 +433,7 @@ class Interceptor(TorchFunctionMode):
         return out
 
     def _batch_norm(self, func, args, kwargs, last):
-        bound = _bind(
+        bound = bind(
             (
                 "input",
                 "running_mean",
@@ -557,7 +454,7 @@ class Interceptor(TorchFunctionMode):
                 "statistics (no running statistics), so each image's explanation would depend on "
                 "the others; use running statistics (track_running_stats=True)"
             )
-        if self.first_input is None and _active(x):
+        if self.first_input is None and active(x):
             with torch.no_grad():
                 value = func(*args, **kwargs)
             self.note("batch_norm", "identity rule (preprocessing before the first layer)")
@@ -567,7 +464,7 @@ class Interceptor(TorchFunctionMode):
             return out
         value = func(*args, **kwargs)
         fresh = last is not None and x is last.out and x._version == last.version
-        if not (fresh and isinstance(last.state.rule, LinearRule)) or _active(bound.get("weight")):
+        if not (fresh and isinstance(last.state.rule, LinearRule)) or active(bound.get("weight")):
             self.consume(args, kwargs)
             self.note("batch_norm", "gradient (affine with running statistics)")
             return value
@@ -649,165 +546,6 @@ class Interceptor(TorchFunctionMode):
         self.note(func.__name__, "identity (its gradient)")
         return func(*args, **kwargs)
 
-    # -- elementwise nonlinearities ---------------------------------------------------------
-
-    def _activation(self, func, args, kwargs, last):
-        self.consume(args, kwargs)
-        x = args[0] if args else kwargs["input"]
-        rule = self.rule_of(self.module())
-        if isinstance(rule, Gradient) or not _active(x):
-            self.note(func.__name__, "gradient (rule Gradient)")
-            return func(*args, **kwargs)
-        if rule is not None and not isinstance(rule, Pass):
-            raise ValueError(
-                f"{self._where(func.__name__)} got the rule {rule.name}; an elementwise "
-                "function takes Pass() (the identity rule, the default) or Gradient()"
-            )
-        inplace = _inplace(args, kwargs, ACTIVATIONS[func])
-        with torch.no_grad():
-            value = _out_of_place(func, args, kwargs)
-        eps = (rule if isinstance(rule, Pass) else Pass()).epsilon(x.dtype)
-        out = PassNode.apply(x, value, eps)
-        self.note(func.__name__, "identity rule")
-        if func in GATE_FUNCTIONS:
-            self.gates[id(out)] = out
-        if inplace:
-            x.copy_(out)
-            if func in GATE_FUNCTIONS:
-                self.gates[id(x)] = x
-            return x
-        return out
-
-    # -- products ---------------------------------------------------------------------------
-
-    def _product_rule(self) -> Rule:
-        rule = self.rule_of(self.module())
-        return rule if isinstance(rule, Gate | Uniform | Gradient) else Gate()
-
-    def _gate_operand(self, a: Tensor, b: Tensor, rule: Gate, where: str) -> int | None:
-        if rule.operand != "auto":
-            return int(rule.operand)
-        tagged = [self.gates.get(id(t)) is t for t in (a, b)]
-        if tagged[0] != tagged[1]:
-            return 1 if tagged[1] else 0
-        if a.numel() != b.numel():
-            shape = torch.broadcast_shapes(a.shape, b.shape)
-            if tuple(b.shape) != tuple(shape) and tuple(a.shape) == tuple(shape):
-                return 1
-            if tuple(a.shape) != tuple(shape) and tuple(b.shape) == tuple(shape):
-                return 0
-        return None
-
-    def _product(self, func, args, kwargs, last):
-        self.consume(args, kwargs)
-        a = args[0] if args else kwargs["input"]
-        b = args[1] if len(args) > 1 else kwargs.get("other")
-        if not (_active(a) and _active(b)):
-            return func(*args, **kwargs)
-        rule = self._product_rule()
-        where = self._where("mul")
-        if isinstance(rule, Gradient):
-            self.note("mul", "gradient (rule Gradient)")
-            return func(*args, **kwargs)
-        with torch.no_grad():
-            value = a * b
-        if isinstance(rule, Uniform):
-            surrogate = 0.5 * (a * b.detach()) + 0.5 * (a.detach() * b)
-            self.note("mul", "uniform rule (half to each factor)")
-        else:
-            gate = self._gate_operand(a, b, rule, where)
-            if gate is None:
-                self.note("mul", "unsupported: product of two activations, gate unknown")
-                return func(*args, **kwargs)
-            surrogate = a.detach() * b if gate == 0 else a * b.detach()
-            self.note("mul", f"gate (factor {gate} held constant)")
-        out = Replace.apply(surrogate, value)
-        if func in (T.mul_, T.__imul__):
-            a.copy_(out)
-            return a
-        return out
-
-    def _glu(self, func, args, kwargs, last):
-        self.consume(args, kwargs)
-        x = args[0] if args else kwargs["input"]
-        dim = args[1] if len(args) > 1 else kwargs.get("dim", -1)
-        signal, gate = x.chunk(2, dim=dim)
-        rule = self._product_rule()
-        with torch.no_grad():
-            value = func(*args, **kwargs)
-        g = torch.sigmoid(gate)
-        if isinstance(rule, Gradient):
-            return func(*args, **kwargs)
-        if isinstance(rule, Uniform):
-            surrogate = 0.5 * (signal * g.detach()) + 0.5 * (signal.detach() * g)
-        elif rule.operand in ("auto", 1):
-            surrogate = signal * g.detach()
-        else:
-            surrogate = signal.detach() * g
-        self.note("glu", f"{'uniform rule' if isinstance(rule, Uniform) else 'gate'}")
-        return Replace.apply(surrogate, value)
-
-    def _matmul(self, func, args, kwargs, last):
-        self.consume(args, kwargs)
-        a, b = args[0], args[1]
-        if not (_active(a) and _active(b)):
-            return func(*args, **kwargs)
-        rule = self._product_rule()
-        if isinstance(rule, Gradient):
-            return func(*args, **kwargs)
-        if self.attention == "attnlrp" or isinstance(rule, Uniform):
-            with torch.no_grad():
-                value = func(a, b)
-            surrogate = 0.5 * func(a, b.detach()) + 0.5 * func(a.detach(), b)
-            self.note(func.__name__, "uniform rule (half to each factor)")
-            return Replace.apply(surrogate, value)
-        self.note(func.__name__, "unsupported under CP: product of two activations")
-        return func(*args, **kwargs)
-
-    # -- normalisation, softmax, attention, pooling ------------------------------------------
-
-    def _norm(self, func, args, kwargs, last):
-        self.consume(args, kwargs)
-        rule = self.rule_of(self.module())
-        if isinstance(rule, Gradient):
-            return func(*args, **kwargs)
-        with torch.no_grad():
-            value = func(*args, **kwargs)
-        surrogate = _constant_std_norm(func, args, kwargs)
-        self.note(func.__name__, "normalisation with the standard deviation held constant")
-        return Replace.apply(surrogate, value)
-
-    def _softmax(self, func, args, kwargs, last):
-        self.consume(args, kwargs)
-        result = func(*args, **kwargs)
-        if self.attention == "cp" and not isinstance(self.rule_of(self.module()), Gradient):
-            self.note("softmax", "attention weights held constant (CP-LRP)")
-            return result.detach()
-        self.note("softmax", "softmax rule (AttnLRP: its gradient)")
-        return result
-
-    def _sdpa(self, func, args, kwargs, last):
-        self.consume(args, kwargs)
-        self.note("scaled_dot_product_attention", f"attention ({self.attention})")
-        return attention.scaled_dot_product(self, *args, **kwargs)
-
-    def _mha(self, func, args, kwargs, last):
-        self.consume(args, kwargs)
-        self.note("multi_head_attention_forward", f"attention ({self.attention})")
-        return attention.multi_head(self, *args, **kwargs)
-
-    def _max_pool(self, func, args, kwargs, last):
-        self.consume(args, kwargs)
-        pool = _max_pool_args(args, kwargs)
-        rule = self.rule_of(self.module())
-        if pool is None or not _active(pool[0]) or isinstance(rule, Gradient):
-            return func(*args, **kwargs)
-        if isinstance(rule, ProportionalPool):
-            self.note("max_pool2d", "proportional to the inputs")
-            return _proportional_pool(*pool, where=self._where("max_pool2d"))
-        self.note("max_pool2d", "winner takes all")
-        return MaxPoolIndices.apply(*pool)
-
     def _where(self, op: str) -> str:
         module = self.module()
         if module is None:
@@ -826,163 +564,3 @@ def _describe(rule: Rule) -> str:
         if k in fields and k not in ("branches", "groups", "terms")
     ]
     return f"{rule.name}({', '.join(shown)})"
-
-
-def _bind(names: tuple[str, ...], args: tuple, kwargs: dict) -> dict[str, Any]:
-    bound = dict(zip(names, args, strict=False))
-    bound.update(kwargs)
-    return bound
-
-
-def _bind_linear(func: Callable, args: tuple, kwargs: dict) -> dict[str, Any]:
-    if func is F.linear:
-        return _bind(("input", "weight", "bias"), args, kwargs)
-    return _bind(
-        ("input", "weight", "bias", "stride", "padding", "dilation", "groups"), args, kwargs
-    )
-
-
-def _out_of_place(func: Callable, args: tuple, kwargs: dict) -> Tensor:
-    """The function's value without modifying its input."""
-    x = args[0] if args else kwargs["input"]
-    if func in (T.sigmoid_, torch.sigmoid_):
-        return torch.sigmoid(x)
-    if func in (T.tanh_, torch.tanh_):
-        return torch.tanh(x)
-    position = ACTIVATIONS[func]
-    if position is not None and len(args) > position:
-        args = (*args[:position], False, *args[position + 1 :])
-    if "inplace" in kwargs:
-        kwargs = {**kwargs, "inplace": False}
-    return func(*args, **kwargs)
-
-
-def _check_within(x: Tensor, low: Tensor, high: Tensor, where: str) -> None:
-    """Warn when the input leaves the Z^B box (wrong normalisation or bounds)."""
-    slack = 1e-4 * float((high - low).abs().max())
-    below, above = bool((x < low - slack).any()), bool((x > high + slack).any())
-    if below or above:
-        warnings.warn(
-            f"the input of {where} lies {'below' if below else 'above'} the Z^B bounds "
-            f"(x from {float(x.min()):.4g} to {float(x.max()):.4g}, bounds "
-            f"{float(low.min()):.4g} to {float(high.max()):.4g}); Z^B assumes low <= x <= high: "
-            "check the mean/std given to sglrp.bounds_from_normalization",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-
-
-def normalise_bound(bound: Tensor | float, x: Tensor) -> Tensor:
-    """A bound as a tensor broadcastable to ``x``: scalar, (C,), (N, C) or full shape."""
-    bound = torch.as_tensor(bound, dtype=x.dtype, device=x.device)
-    if bound.ndim == 0:
-        return bound.view(1, *([1] * (x.ndim - 1)))
-    if bound.ndim == 1:
-        if bound.shape[0] != x.shape[1]:
-            raise ValueError(
-                f"per-channel bounds have {bound.shape[0]} values but the input has "
-                f"{x.shape[1]} channels"
-            )
-        return bound.view(1, -1, *([1] * (x.ndim - 2)))
-    if bound.ndim == 2:
-        return bound.view(*bound.shape, *([1] * (x.ndim - 2)))
-    return bound
-
-
-def _constant_std_norm(func: Callable, args: tuple, kwargs: dict) -> Tensor:
-    """The normalisation rebuilt from ordinary operations with its standard deviation (or
-    root mean square) detached: linear in the input (AttnLRP; LXT ``layer_norm_forward``)."""
-    if func is F.layer_norm or func is F.rms_norm:
-        if func is F.layer_norm:
-            b = _bind(("input", "normalized_shape", "weight", "bias", "eps"), args, kwargs)
-        else:
-            b = _bind(("input", "normalized_shape", "weight", "eps"), args, kwargs)
-        x = b["input"]
-        dims = tuple(range(-len(tuple(b["normalized_shape"])), 0))
-        eps = b.get("eps")
-        if eps is None:
-            eps = 1e-5 if func is F.layer_norm else torch.finfo(x.dtype).eps
-        centred = x - x.mean(dim=dims, keepdim=True) if func is F.layer_norm else x
-        scale = (centred.detach().pow(2).mean(dim=dims, keepdim=True) + eps).rsqrt()
-        y = centred * scale
-        if b.get("weight") is not None:
-            y = y * b["weight"]
-        if b.get("bias") is not None:
-            y = y + b["bias"]
-        return y
-    if func is F.group_norm:
-        b = _bind(("input", "num_groups", "weight", "bias", "eps"), args, kwargs)
-        x = b["input"]
-        n, c = x.shape[:2]
-        grouped = x.reshape(n, int(b["num_groups"]), -1)
-        centred = grouped - grouped.mean(dim=-1, keepdim=True)
-        scale = (centred.detach().pow(2).mean(dim=-1, keepdim=True) + b.get("eps", 1e-5)).rsqrt()
-        y = (centred * scale).reshape(x.shape)
-        shape = (1, c, *([1] * (x.ndim - 2)))
-        if b.get("weight") is not None:
-            y = y * b["weight"].view(shape)
-        if b.get("bias") is not None:
-            y = y + b["bias"].view(shape)
-        return y
-    b = _bind(
-        (
-            "input",
-            "running_mean",
-            "running_var",
-            "weight",
-            "bias",
-            "use_input_stats",
-            "momentum",
-            "eps",
-        ),
-        args,
-        kwargs,
-    )
-    x = b["input"]
-    shape = (1, x.shape[1], *([1] * (x.ndim - 2)))
-    dims = tuple(range(2, x.ndim))
-    if b.get("use_input_stats", True) or b.get("running_mean") is None:
-        centred = x - x.mean(dim=dims, keepdim=True)
-        scale = (centred.detach().pow(2).mean(dim=dims, keepdim=True) + b.get("eps", 1e-5)).rsqrt()
-    else:
-        centred = x - b["running_mean"].view(shape)
-        scale = (b["running_var"].view(shape) + b.get("eps", 1e-5)).rsqrt()
-    y = centred * scale
-    if b.get("weight") is not None:
-        y = y * b["weight"].view(shape)
-    if b.get("bias") is not None:
-        y = y + b["bias"].view(shape)
-    return y
-
-
-def _max_pool_args(args: tuple, kwargs: dict) -> tuple | None:
-    """(x, kernel, stride, padding, dilation, ceil_mode) of a max_pool2d call, or None."""
-    names = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode")
-    bound = dict(zip(names, args, strict=False))
-    bound.update({k: v for k, v in kwargs.items() if k != "return_indices"})
-    if kwargs.get("return_indices") or len(args) > 6 or "input" not in bound:
-        return None
-    if "kernel_size" not in bound or bound["input"].ndim not in (3, 4):
-        return None
-    stride = bound.get("stride") or bound["kernel_size"]
-    return (
-        bound["input"],
-        bound["kernel_size"],
-        stride,
-        bound.get("padding", 0),
-        bound.get("dilation", 1),
-        bool(bound.get("ceil_mode", False)),
-    )
-
-
-def _proportional_pool(x, kernel, stride, padding, dilation, ceil_mode, where: str) -> Tensor:
-    r"""Max pooling whose relevance is spread over the window in proportion to the inputs:
-    :math:`s_{in} = s_{out} \max_w x / \sum_w x` (sum pooling with the ratio held constant)."""
-    if dilation not in (1, (1, 1), [1, 1]):
-        raise ValueError(f"ProportionalPool on {where} does not support dilation")
-    with torch.no_grad():
-        value = F.max_pool2d(x, kernel, stride, padding, 1, ceil_mode)
-        sums = F.avg_pool2d(x, kernel, stride, padding, ceil_mode, True, 1)
-        ratio = torch.where(sums == 0, torch.zeros_like(sums), value / sums)
-    surrogate = F.avg_pool2d(x, kernel, stride, padding, ceil_mode, True, 1) * ratio
-    return Replace.apply(surrogate, value)

@@ -9,6 +9,7 @@ so that :math:`R_{in} = x \\odot s_{in}` is the rule's input relevance (see :mod
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -197,3 +198,35 @@ class RuleState:
         if relevance_form:
             return None, total
         return total, None
+
+
+def check_within(x: Tensor, low: Tensor, high: Tensor, where: str) -> None:
+    """Warn when the input leaves the Z^B box (wrong normalisation or bounds)."""
+    slack = 1e-4 * float((high - low).abs().max())
+    below, above = bool((x < low - slack).any()), bool((x > high + slack).any())
+    if below or above:
+        warnings.warn(
+            f"the input of {where} lies {'below' if below else 'above'} the Z^B bounds "
+            f"(x from {float(x.min()):.4g} to {float(x.max()):.4g}, bounds "
+            f"{float(low.min()):.4g} to {float(high.max()):.4g}); Z^B assumes low <= x <= high: "
+            "check the mean/std given to sglrp.bounds_from_normalization",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+def normalise_bound(bound: Tensor | float, x: Tensor) -> Tensor:
+    """A bound as a tensor broadcastable to ``x``: scalar, (C,), (N, C) or full shape."""
+    bound = torch.as_tensor(bound, dtype=x.dtype, device=x.device)
+    if bound.ndim == 0:
+        return bound.view(1, *([1] * (x.ndim - 1)))
+    if bound.ndim == 1:
+        if bound.shape[0] != x.shape[1]:
+            raise ValueError(
+                f"per-channel bounds have {bound.shape[0]} values but the input has "
+                f"{x.shape[1]} channels"
+            )
+        return bound.view(1, -1, *([1] * (x.ndim - 2)))
+    if bound.ndim == 2:
+        return bound.view(*bound.shape, *([1] * (x.ndim - 2)))
+    return bound
