@@ -93,3 +93,19 @@ def test_a_registered_method_is_available_everywhere() -> None:
     finally:
         methods.unregister("saliency")
     assert "saliency" not in sglrp.available_methods()
+
+
+@pytest.mark.parametrize("rules", ["dtd", "epsilon-plus"])
+def test_k_targets_in_one_vectorised_backward_equal_k_passes(
+    rules: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = net().double()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    targets = torch.tensor([[0, 1, 4], [2, 3, 0]])
+    batched = sglrp.explain(model, x, targets, method="sglrp", rules=rules)
+    monkeypatch.setattr("sglrp.propagation.engine.Propagator.batch_targets", False)
+    sequential = sglrp.explain(model, x, targets, method="sglrp", rules=rules)
+    torch.testing.assert_close(batched, sequential, rtol=1e-12, atol=1e-15)
+    for k in range(3):
+        single = sglrp.explain(model, x, targets[:, k], method="sglrp", rules=rules)
+        torch.testing.assert_close(batched[:, k], single, rtol=1e-12, atol=1e-15)

@@ -87,6 +87,9 @@ class Propagator:
         ``"cp"`` (attention weights constant) or ``"attnlrp"``.
     """
 
+    #: K output relevance vectors in one vectorised backward pass (when no layer is recorded)
+    batch_targets: bool = True
+
     def __init__(
         self,
         model: nn.Module,
@@ -316,21 +319,23 @@ class Propagator:
         }
         needs_input = input_relevance or len(stop_at) < len(chosen)
         inputs = [*([x_in, *it.sinks] if needs_input else []), *stop_at.values()]
+        z = logits.detach()
+        grad_outs = [
+            vector if start_with_relevance else torch.where(z == 0, torch.zeros_like(z), vector / z)
+            for vector in vectors
+        ]
+        if len(grad_outs) > 1 and not chosen and self.batch_targets:
+            return self._backward_batched(x_in, it, logits, grad_outs, inputs, last_pass)
         records: list[PassRecord] = []
-        for k, vector in enumerate(vectors):
-            if start_with_relevance:
-                grad_out = vector
-            else:
-                z = logits.detach()
-                grad_out = torch.where(z == 0, torch.zeros_like(z), vector / z)
+        for k, grad_out in enumerate(grad_outs):
             for sink in it.taps.values():
                 sink.clear()
-            last_pass[0] = k == len(vectors) - 1
+            last_pass[0] = k == len(grad_outs) - 1
             grads = torch.autograd.grad(
                 logits,
                 inputs,
                 grad_outputs=grad_out,
-                retain_graph=k < len(vectors) - 1,
+                retain_graph=k < len(grad_outs) - 1,
                 allow_unused=True,
             )
             relevance = None
@@ -348,6 +353,32 @@ class Propagator:
                 layers[label] = total.detach() if at_logits else (value * total).detach()
             records.append(PassRecord(relevance, layers))
         return records
+
+    def _backward_batched(
+        self,
+        x_in: Tensor,
+        it: Interceptor,
+        logits: Tensor,
+        grad_outs: list[Tensor],
+        inputs: list[Tensor],
+        last_pass: list[bool],
+    ) -> list[PassRecord]:
+        """All output relevance vectors in one backward pass, vectorised over them
+        (``is_grads_batched``): the transposed convolutions run once on K x N images."""
+        last_pass[0] = True
+        last_pass.append(True)  # batched: the rules' backward must not work in place
+        try:
+            grads = torch.autograd.grad(
+                logits,
+                inputs,
+                grad_outputs=torch.stack(grad_outs),
+                allow_unused=True,
+                is_grads_batched=True,
+            )
+        finally:
+            last_pass.pop()
+        per_vector = [[None if g is None else g[k] for g in grads] for k in range(len(grad_outs))]
+        return [PassRecord(self._input_relevance(x_in, g), {}) for g in per_vector]
 
     @staticmethod
     def _input_relevance(x_in: Tensor, grads: Sequence[Tensor | None]) -> Tensor:

@@ -89,9 +89,11 @@ class MaxPoolIndices(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         (indices,) = ctx.saved_tensors
         shape = ctx.input_shape
-        flat = grad.new_zeros(*shape[:-2], shape[-2] * shape[-1])
-        flat.scatter_add_(-1, indices.flatten(-2), grad.flatten(-2))
-        return flat.view(shape), None, None, None, None, None
+        lead = tuple(shape[:-2])
+        flat = grad.reshape(*lead, -1)
+        out = torch.zeros(*lead, shape[-2] * shape[-1], dtype=grad.dtype, device=grad.device)
+        out = out.scatter_add(-1, indices.reshape(*lead, -1), flat)
+        return out.reshape(shape), None, None, None, None, None
 
 
 class Tap(torch.autograd.Function):

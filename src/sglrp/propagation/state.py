@@ -60,7 +60,8 @@ class RuleState:
         Where the layer is, for messages.
     last_pass
         Shared with the run; ``last_pass[0]`` is True during the final backward pass, which
-        may consume the ratios in place and free them.
+        may consume the ratios in place and free them (not when a second entry says the pass
+        is vectorised over several output relevance vectors).
     """
 
     op: LinearOp
@@ -175,7 +176,7 @@ class RuleState:
         scaled: dict[int, Tensor] = {}
         total = None
         relevance_form = self.rule.relevance_form
-        final = self.last_pass[0]
+        final = self.last_pass[0] and len(self.last_pass) == 1  # batched: keep ratios
         for term in self.active_terms():
             if term.group not in scaled:
                 ratio = self.ratios[term.group]
