@@ -74,6 +74,10 @@ def _csv(kind: Callable[[str], Any]) -> Callable[[str], list]:
     return parse
 
 
+def _loads(loads: Sequence[float]) -> str:
+    return "/".join(f"{v:.2f}" for v in loads)
+
+
 def _load() -> float:
     return round(os.getloadavg()[0], 2)
 
@@ -237,6 +241,7 @@ def machine() -> dict[str, Any]:
 def explain_main(args: argparse.Namespace) -> int:
     specs = measurements(args)
     rows = []
+    start_load, start = os.getloadavg(), time.perf_counter()
     for spec in specs:
         result = run_isolated(
             speed_worker.child, HERE / "speed_worker.py", spec, args.isolation, args.timeout
@@ -263,7 +268,10 @@ def explain_main(args: argparse.Namespace) -> int:
         "after one warm-up; peak = high-water mark of one call above the resident size just "
         "before it (floor; own = what the method added to the bare process), in brackets the "
         "peak of live tensor bytes in torch's allocator during another call; ratios to the "
-        "gradient of the same model, batch and K (one forward, K input gradients)."
+        "gradient of the same model, batch and K (one forward, K input gradients). "
+        f"Load average (1/5/15 min) at the start {_loads(start_load)}, at the end "
+        f"{_loads(os.getloadavg())} on {os.cpu_count()} CPUs; run took "
+        f"{time.perf_counter() - start:.0f} s."
     )
     text = f"{header}\n\n{table(rows)}"
     print(text)
