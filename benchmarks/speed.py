@@ -238,9 +238,48 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _report(args: argparse.Namespace, rows: list[dict], start_load, start: float, done: bool):
+    """The header and table of the rows so far (ratios set), and the JSON payload."""
+    add_ratios(rows)
+    methods = {r["method"] for r in rows}
+    described = {m: speed_calls.METHODS[m][0] for m in methods if m in speed_calls.METHODS}
+    header = (
+        f"Random-init models, float32, CPU, {args.threads} torch thread(s); each row one fresh "
+        f"process ({args.isolation}); time per call: median (min) of {args.repeats} calls "
+        "after one warm-up; peak = high-water mark of one call above the resident size just "
+        "before it (floor; own = what the method added to the bare process), in brackets the "
+        "peak of live tensor bytes in torch's allocator during another call; ratios to the "
+        "gradient of the same model, batch and K (one forward, K input gradients). "
+        f"Load average (1/5/15 min) at the start {_loads(start_load)}, at the end "
+        f"{_loads(os.getloadavg())} on {os.cpu_count()} CPUs; run took "
+        f"{time.perf_counter() - start:.0f} s."
+    )
+    loads = [r[k] for r in rows for k in ("load_before", "load_after")]
+    cpus = os.cpu_count() or 1
+    if max([start_load[0], *loads]) > cpus:
+        header += (
+            f" **Warning: the 1-min load average exceeded the {cpus} CPUs during this run** "
+            f"(up to {max([start_load[0], *loads]):.1f}): times include waiting for a CPU, and "
+            "ratios of rows measured at different loads are biased. Memory is not affected."
+        )
+    text = f"{header}\n\n{table(rows)}"
+    payload = {
+        "kind": "speed",
+        "complete": done,
+        "machine": machine(),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "mode")},
+        "methods": described,
+        "rows": rows,
+        "table": text,
+    }
+    return text, payload
+
+
 def explain_main(args: argparse.Namespace) -> int:
+    """Measure every spec in turn; the JSON is rewritten after each row (an interrupted run
+    keeps what it measured, marked ``"complete": false``)."""
     specs = measurements(args)
-    rows = []
+    rows: list[dict] = []
     start_load, start = os.getloadavg(), time.perf_counter()
     for spec in specs:
         result = run_isolated(
@@ -259,31 +298,11 @@ def explain_main(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-    add_ratios(rows)
-    methods = {r["method"] for r in rows}
-    described = {m: speed_calls.METHODS[m][0] for m in methods if m in speed_calls.METHODS}
-    header = (
-        f"Random-init models, float32, CPU, {args.threads} torch thread(s); each row one fresh "
-        f"process ({args.isolation}); time per call: median (min) of {args.repeats} calls "
-        "after one warm-up; peak = high-water mark of one call above the resident size just "
-        "before it (floor; own = what the method added to the bare process), in brackets the "
-        "peak of live tensor bytes in torch's allocator during another call; ratios to the "
-        "gradient of the same model, batch and K (one forward, K input gradients). "
-        f"Load average (1/5/15 min) at the start {_loads(start_load)}, at the end "
-        f"{_loads(os.getloadavg())} on {os.cpu_count()} CPUs; run took "
-        f"{time.perf_counter() - start:.0f} s."
-    )
-    text = f"{header}\n\n{table(rows)}"
+        if args.json:
+            _write_json(args.json, _report(args, rows, start_load, start, False)[1])
+    text, payload = _report(args, rows, start_load, start, True)
     print(text)
     if args.json:
-        payload = {
-            "kind": "speed",
-            "machine": machine(),
-            "settings": {k: v for k, v in vars(args).items() if k not in ("json", "mode")},
-            "methods": described,
-            "rows": rows,
-            "table": text,
-        }
         _write_json(args.json, payload)
     return 0
 
@@ -305,6 +324,12 @@ def evaluate_table(result: dict[str, Any]) -> str:
         f"({n / batches:.2f} images/s in the batches alone, without set-up and writing); "
         f"{result['threads']} torch thread(s), {load}.",
     ]
+    worst = max(result["load_before"], result["load_after"])
+    if worst > (os.cpu_count() or 1):
+        lines.append(
+            f"**Warning: load average {worst:.1f} above the {os.cpu_count()} CPUs**: the times "
+            "include waiting for a CPU."
+        )
     if result["missing"]:
         lines.append(f"Not timed (the runner has no such function): {', '.join(result['missing'])}")
     lines += ["", "| part | seconds | share | calls |", "| --- | --- | --- | --- |"]
