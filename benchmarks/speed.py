@@ -60,6 +60,7 @@ QUICK = {
     "repeats": 2,
     "methods": ["gradient", "sglrp-dtd", "zennit-epsilon-plus-flat", "captum-lrp"],
     "explainer_reuse": 2,
+    "threads": 1,
 }
 QUICK_EVALUATE = {"n": 1, "batch_size": 2, "steps": 2, "methods": ["sglrp", "lrp"]}
 
@@ -403,7 +404,7 @@ def explain_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", choices=("auto", "vmhwm", "sampled"), default="auto")
     p.add_argument("--isolation", choices=("fork", "exec"), default="fork")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per measurement")
-    p.add_argument("--quick", action="store_true", help="tiny settings (< 60 s)")
+    p.add_argument("--quick", action="store_true", help="tiny settings, 1 thread (< 60 s)")
     p.add_argument("--json", type=Path, default=None, help="write all rows here")
     return p
 
