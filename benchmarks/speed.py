@@ -1,10 +1,11 @@
 """Speed and peak memory of sglrp against a plain gradient, zennit and Captum, in one run.
 
 Every measurement (method x model x batch x K) runs in a fresh process, forked from a
-server process that has only imported torch and sglrp (``--isolation exec``: a new
-interpreter each time), so no allocator state, cache or thread pool of one method reaches
-another. In it (``speed_worker.py``): model (random init, seed 0) and input are built, one
-warm-up call runs, then ``--repeats`` timed calls (median and min reported), then one call
+server process that has only imported torch, sglrp and the benchmark's modules and run
+nothing (``--isolation exec``: a new interpreter each time, whose start-up counts against
+``--timeout``), so no allocator state, cache or thread pool of one method reaches another.
+In it (``speed_worker.py``): model (random init, seed 0) and input are built, one warm-up
+call runs, then ``--repeats`` timed calls (median and min reported), then one call
 whose peak memory is measured as the kernel's high-water mark (VmHWM, reset through
 /proc/self/clear_refs) above the resident size just before it, after returning the C
 allocator's free pages (``peak_memory.py``). The floor is that resident size (model, input,
