@@ -30,7 +30,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format src tests benchmarks
 
 bench: $(STAMP)
-	$(PY) benchmarks/speed.py
+	$(PY) benchmarks/speed.py --json benchmarks/speed.json
 
 clean:
 	rm -rf $(VENV) report

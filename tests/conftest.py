@@ -1,36 +1,13 @@
 """Shared fixtures. zennit imports torchvision at import time; torchvision cannot be imported
-here, so tests that compare with zennit install a minimal stand-in first."""
+here, so tests that compare with zennit install a minimal stand-in first
+(``benchmarks/torchvision_standin.py``, shared with the speed benchmark)."""
 
 from __future__ import annotations
-
-import sys
-import types
 
 import pytest
 import torch
 from torch import nn
-
-
-def install_torchvision_standin() -> None:
-    """Put a stand-in ``torchvision`` with only what zennit touches into ``sys.modules``."""
-    if "torchvision" in sys.modules and getattr(
-        sys.modules["torchvision"], "_sglrp_standin", False
-    ):
-        return
-    tv = types.ModuleType("torchvision")
-    tv._sglrp_standin = True
-    models = types.ModuleType("torchvision.models")
-    resnet = types.ModuleType("torchvision.models.resnet")
-
-    from sglrp.models.resnet import BasicBlock, Bottleneck
-
-    resnet.BasicBlock = BasicBlock
-    resnet.Bottleneck = Bottleneck
-    models.resnet = resnet
-    tv.models = models
-    sys.modules.update(
-        {"torchvision": tv, "torchvision.models": models, "torchvision.models.resnet": resnet}
-    )
+from torchvision_standin import install_torchvision_standin
 
 
 @pytest.fixture

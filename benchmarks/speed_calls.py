@@ -1,0 +1,219 @@
+"""The calls the speed benchmark measures: sglrp, a plain gradient, zennit, Captum, self-tests.
+
+Each entry of :data:`METHODS` builds, from ``(model, x, targets, options)``, a function of no
+arguments that computes one explanation of the batch ``x`` (N, C, H, W) for ``targets``
+(N, K): K maps per image. Building may import a peer library; only the built call is timed.
+
+A peer that is not installed raises :class:`NotAvailable` (the row reads "not available");
+a peer that raises while building or calling (an unsupported layer, say) is a failed row
+with its exception; neither stops the benchmark.
+
+Self-tests, for checking the benchmark itself (``--methods``): ``selftest-alloc-<MB>``
+allocates and fills a float32 tensor of <MB> MiB (its peak must read about <MB>);
+``selftest-noop`` allocates nothing (its peak must be invalid: no rise above the floor);
+``selftest-fail`` raises; ``selftest-exit`` ends its process abruptly; ``selftest-hang``
+sleeps past any timeout.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchvision_standin import install_torchvision_standin
+
+import sglrp
+from sglrp.models import VGG, ResNet
+
+#: Z^B bounds of ImageNet-normalised inputs, as the CLRP authors' code uses them.
+BOUNDS = (-2.1179, 2.64)
+
+Call = Callable[[], Any]
+Builder = Callable[[nn.Module, Tensor, Tensor, dict], Call]
+
+
+class NotAvailable(Exception):
+    """The method cannot run in this installation (peer not installed, API not there yet)."""
+
+
+def _gradient(model: nn.Module, x: Tensor, targets: Tensor, options: dict) -> Call:
+    """One forward pass, then one input gradient per target column (graph kept in between)."""
+    k = targets.shape[1]
+
+    def call() -> Tensor:
+        xx = x.detach().requires_grad_(True)
+        logits = model(xx)
+        grads = [
+            torch.autograd.grad(
+                logits.gather(1, targets[:, j : j + 1]).sum(), xx, retain_graph=j < k - 1
+            )[0]
+            for j in range(k)
+        ]
+        return torch.stack(grads, dim=1)
+
+    return call
+
+
+def _sglrp(method: str, rules: str, bounds: tuple[float, float] | None) -> Builder:
+    def build(model: nn.Module, x: Tensor, targets: Tensor, options: dict) -> Call:
+        return lambda: sglrp.explain(model, x, targets, method=method, rules=rules, bounds=bounds)
+
+    return build
+
+
+def _explainer_reuse(model: nn.Module, x: Tensor, targets: Tensor, options: dict) -> Call:
+    """``sglrp.Explainer`` built once per timed run, then called ``explainer_reuse`` times."""
+    explainer_cls = getattr(sglrp, "Explainer", None)
+    if explainer_cls is None:
+        raise NotAvailable("sglrp.Explainer does not exist yet")
+    reuse = options["explainer_reuse"]
+
+    def call() -> Tensor:
+        explainer = explainer_cls(model, method="sglrp", rules="dtd", bounds=BOUNDS)
+        for _ in range(reuse):
+            out = explainer(x, targets)
+        return out
+
+    return call
+
+
+def _require(package: str) -> None:
+    if importlib.util.find_spec(package) is None:
+        raise NotAvailable(f"{package} is not installed")
+
+
+def _zennit_epsilon_plus_flat(model: nn.Module, x: Tensor, targets: Tensor, options: dict) -> Call:
+    """zennit's EpsilonPlusFlat composite with the Gradient attributor, output relevance z_t.
+
+    The canonizer fits the architecture (VGG or ResNet canonizer, else merging each
+    BatchNorm into the layer before it); the composite is registered once per call and the K
+    targets reuse it.
+    """
+    _require("zennit")
+    install_torchvision_standin()
+    # Optional peers are imported only when their row is measured (zennit after the stand-in).
+    from zennit.attribution import Gradient
+    from zennit.canonizers import SequentialMergeBatchNorm
+    from zennit.composites import EpsilonPlusFlat
+    from zennit.torchvision import ResNetCanonizer, VGGCanonizer
+
+    if isinstance(model, ResNet):
+        canonizer = ResNetCanonizer()
+    elif isinstance(model, VGG):
+        canonizer = VGGCanonizer()
+    else:
+        canonizer = SequentialMergeBatchNorm()
+
+    def call() -> Tensor:
+        maps = []
+        with Gradient(model, EpsilonPlusFlat(canonizers=[canonizer])) as attributor:
+            for j in range(targets.shape[1]):
+                column = targets[:, j : j + 1]
+
+                def select(logits: Tensor, column: Tensor = column) -> Tensor:
+                    return torch.zeros_like(logits).scatter(1, column, logits.gather(1, column))
+
+                maps.append(attributor(x, attr_output=select)[1])
+        return torch.stack(maps, dim=1)
+
+    return call
+
+
+def _captum_lrp(model: nn.Module, x: Tensor, targets: Tensor, options: dict) -> Call:
+    """Captum's LRP with its default rules, one ``attribute`` call per target column."""
+    _require("captum")
+    from captum.attr import LRP
+
+    def call() -> Tensor:
+        lrp = LRP(model)
+        maps = [lrp.attribute(x, target=targets[:, j]) for j in range(targets.shape[1])]
+        return torch.stack(maps, dim=1)
+
+    return call
+
+
+#: Method name -> (what it measures, builder).
+METHODS: dict[str, tuple[str, Builder]] = {
+    "gradient": ("forward + one input gradient per target (the reference)", _gradient),
+    "sglrp-dtd": (
+        "sglrp.explain(method='sglrp', rules='dtd', bounds=(-2.1179, 2.64))",
+        _sglrp("sglrp", "dtd", BOUNDS),
+    ),
+    "sglrp-epsilon-plus": (
+        "sglrp.explain(method='sglrp', rules='epsilon-plus')",
+        _sglrp("sglrp", "epsilon-plus", None),
+    ),
+    "lrp-epsilon-plus-flat": (
+        "sglrp.explain(method='lrp', rules='epsilon-plus-flat')",
+        _sglrp("lrp", "epsilon-plus-flat", None),
+    ),
+    "zennit-epsilon-plus-flat": (
+        "zennit EpsilonPlusFlat + canonizer, Gradient attributor, output z_t",
+        _zennit_epsilon_plus_flat,
+    ),
+    "captum-lrp": ("Captum LRP, default rules", _captum_lrp),
+    "sglrp-explainer-reuse": (
+        "sglrp.Explainer(model, 'sglrp', 'dtd') built once, called N times; time per call",
+        _explainer_reuse,
+    ),
+}
+
+
+def _selftest(name: str) -> Builder:
+    if name == "selftest-fail":
+
+        def build(model, x, targets, options):
+            def call():
+                raise RuntimeError("deliberate failure (selftest-fail)")
+
+            return call
+
+    elif name == "selftest-exit":
+
+        def build(model, x, targets, options):
+            def call():
+                os._exit(3)
+
+            return call
+
+    elif name == "selftest-noop":
+
+        def build(model, x, targets, options):
+            return lambda: None
+
+    elif name == "selftest-hang":
+
+        def build(model, x, targets, options):
+            return lambda: time.sleep(10**6)
+
+    elif name.startswith("selftest-alloc-") and name.rsplit("-", 1)[1].isdigit():
+        n = int(name.rsplit("-", 1)[1]) * 2**20 // 4
+
+        def build(model, x, targets, options):
+            return lambda: torch.ones(n, dtype=torch.float32)
+
+    else:
+        raise ValueError(f"unknown self-test {name!r}")
+    return build
+
+
+def known(name: str) -> bool:
+    """Whether ``name`` is a method or a well-formed self-test."""
+    if name in METHODS:
+        return True
+    try:
+        _selftest(name)
+    except ValueError:
+        return False
+    return True
+
+
+def build_call(name: str, model: nn.Module, x: Tensor, targets: Tensor, options: dict) -> Call:
+    """The timed call of method ``name`` (see :data:`METHODS` and the self-tests)."""
+    builder = METHODS[name][1] if name in METHODS else _selftest(name)
+    return builder(model, x, targets, options)

@@ -1,0 +1,110 @@
+"""One measurement of the speed benchmark, run inside its own fresh process.
+
+:func:`measure` builds the model (random init, seed 0) and the input, builds the method's
+call, runs it once to warm up, times ``repeats`` calls, then measures one more call's peak
+resident memory and one more call's peak of live tensor bytes (:mod:`peak_memory`). It never
+raises: a failure is returned as ``{"status": "failed", "reason": ...}``.
+
+:func:`child` is the entry point in a forked process (answers through a pipe); run as a
+script (``python speed_worker.py '<spec JSON>'``) it prints the result as the last line.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+import peak_memory
+import speed_calls
+import torch
+
+from sglrp.models import ZOO
+
+#: Input side length of zoo models that are not ImageNet-sized.
+SMALL_INPUT = {"shapes_vgg": 64, "shapes_resnet": 64, "inception_small": 64}
+
+
+def input_size(model: str, size: int | None) -> int:
+    """``size`` if given, else the model's natural input side (224 for ImageNet models)."""
+    return size if size else SMALL_INPUT.get(model, 224)
+
+
+def _targets(n: int, k: int, num_classes: int) -> torch.Tensor:
+    """(n, k) distinct random classes per image."""
+    if k > num_classes:
+        raise ValueError(f"K={k} targets per image but the model has {num_classes} classes")
+    return torch.stack([torch.randperm(num_classes)[:k] for _ in range(n)])
+
+
+def _memory_mode(requested: str) -> tuple[str, str]:
+    if requested != "auto":
+        return requested, "requested"
+    works, why = peak_memory.hwm_reset_works()
+    return ("vmhwm", "VmHWM reset checked") if works else ("sampled", why)
+
+
+def _run(spec: dict[str, Any]) -> dict[str, Any]:
+    torch.set_num_threads(spec["threads"])
+    mode, mode_note = _memory_mode(spec["memory"])
+    torch.manual_seed(0)
+    model = ZOO[spec["model"]]().eval()
+    size = input_size(spec["model"], spec.get("size"))
+    x = torch.randn(spec["batch"], 3, size, size)
+    with torch.no_grad():
+        num_classes = model(x[:1]).shape[1]
+    targets = _targets(spec["batch"], spec["k"], num_classes)
+    peak_memory.trim()
+    base = peak_memory.rss_bytes() / peak_memory.MB
+    try:
+        call = speed_calls.build_call(spec["method"], model, x, targets, spec)
+    except speed_calls.NotAvailable as err:
+        return {"status": "not available", "reason": str(err)}
+    call()  # warm-up: imports, thread pool, allocator, lazily built state
+    times = []
+    for _ in range(spec["repeats"]):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    per_run = spec["explainer_reuse"] if spec["method"] == "sglrp-explainer-reuse" else 1
+    times = [t / per_run for t in times]
+    memory = peak_memory.measure_peak(call, mode)
+    tensors = peak_memory.tensor_peak(call)
+    return {
+        "status": "ok",
+        "size": size,
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "times_s": times,
+        "calls_per_run": per_run,
+        "base_mb": base,
+        "own_mb": memory["floor_mb"] - base,
+        **memory,
+        "tensor_peak_mb": tensors,
+        "memory_note": mode_note,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """Measure ``spec`` (method, model, batch, k, size, repeats, threads, memory, ...)."""
+    try:
+        return _run(spec)
+    except Exception as err:  # noqa: BLE001 - every failure becomes a row of the table
+        last = traceback.extract_tb(err.__traceback__)[-1]
+        where = f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno}"
+        return {"status": "failed", "reason": f"{type(err).__name__}: {err} ({where})"}
+
+
+def child(spec: dict[str, Any], conn: Connection) -> None:
+    """Entry point of a forked measurement process: send the result through ``conn``."""
+    conn.send(measure(spec))
+    conn.close()
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure(json.loads(sys.argv[1]))))

@@ -1,0 +1,121 @@
+"""The speed benchmark runs, reports failures in its table instead of crashing, measures a
+known allocation as such, and never divides by an invalid reference. No timing assertions."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import evaluate_throughput
+import speed
+
+import sglrp
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "speed.py"
+
+
+def run_speed(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        check=False,
+    )
+
+
+def table_line(stdout: str, method: str) -> str:
+    lines = [line for line in stdout.splitlines() if line.startswith(f"| {method} |")]
+    assert len(lines) == 1, (method, stdout)
+    return lines[0]
+
+
+def test_quick_run_prints_ratios_and_reports_failed_methods(tmp_path):
+    out = tmp_path / "speed.json"
+    extra = "selftest-fail,selftest-exit,selftest-noop,selftest-alloc-64"
+    proc = run_speed("--quick", "--threads", "1", "--extra-methods", extra, "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
+
+    assert rows["gradient"]["status"] == "ok"
+    assert rows["gradient"]["time_ratio"] == 1.0
+    assert rows["gradient"]["peak_mb"] > 0
+    assert rows["sglrp-dtd"]["status"] == "ok"
+    assert rows["sglrp-dtd"]["time_ratio"] > 0 and rows["sglrp-dtd"]["memory_ratio"] > 0
+    cells = [c.strip() for c in table_line(proc.stdout, "sglrp-dtd").split("|")]
+    assert cells[6].endswith("x") and cells[8].endswith("x"), cells
+    for peer in ("zennit-epsilon-plus-flat", "captum-lrp"):
+        assert rows[peer]["status"] in ("ok", "not available"), rows[peer]
+        table_line(proc.stdout, peer)
+
+    assert rows["selftest-fail"]["status"] == "failed"
+    assert "deliberate failure" in rows["selftest-fail"]["reason"]
+    assert "| failed: RuntimeError: deliberate failure" in table_line(proc.stdout, "selftest-fail")
+    assert rows["selftest-exit"]["status"] == "failed"
+    assert "exited with code 3" in table_line(proc.stdout, "selftest-exit")
+
+    noop = rows["selftest-noop"]
+    assert noop["status"] == "ok" and noop["memory_ratio"] is None
+    assert "invalid: no rise above floor" in table_line(proc.stdout, "selftest-noop")
+
+    alloc = rows["selftest-alloc-64"]
+    assert 63.5 <= alloc["peak_mb"] <= 68, alloc
+    assert abs(alloc["tensor_peak_mb"] - 64) < 0.1, alloc
+
+    explainer = rows["sglrp-explainer-reuse"]
+    if not hasattr(sglrp, "Explainer"):
+        assert explainer["status"] == "not available"
+        assert "not available: sglrp.Explainer" in table_line(proc.stdout, "sglrp-explainer-reuse")
+
+
+def test_a_hanging_method_is_a_timeout_row(tmp_path):
+    proc = run_speed(
+        *("--models", "shapes_vgg", "--batches", "1", "--targets", "1", "--size", "32"),
+        *("--repeats", "1", "--threads", "1", "--methods", "selftest-hang", "--timeout", "4"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "| failed: timeout after 4 s |" in table_line(proc.stdout, "selftest-hang")
+
+
+def test_evaluate_mode_breaks_the_run_down_without_double_counting(tmp_path):
+    out = tmp_path / "evaluate.json"
+    proc = run_speed("evaluate", "--quick", "--threads", "1", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "images/s" in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["status"] == "ok" and result["missing"] == []
+    assert result["n_images"] == 2
+    parts = dict((name, seconds) for name, seconds, _ in evaluate_throughput.breakdown(result))
+    assert parts["explain sglrp"] > 0 and parts["explain lrp"] > 0
+    assert parts["model-based metrics"] > 0
+    # Nested or repeated timers would make the remainders negative.
+    assert parts["rest of batches"] >= 0 and parts["rest of run"] >= 0
+
+
+def _row(method: str, median: float = 1.0, peak: float = 10.0, status: str = "ok") -> dict:
+    row = {"method": method, "model": "m", "batch": 1, "k": 1, "status": status}
+    row.update(load_before=0.5, load_after=0.6)
+    if status != "ok":
+        return {**row, "reason": "boom"}
+    return {
+        **row,
+        **{"median_s": median, "min_s": median, "peak_mb": peak, "tensor_peak_mb": None},
+        **{"floor_mb": 100.0, "own_mb": 1.0, "memory_method": "vmhwm", "threads": 1},
+    }
+
+
+def test_no_ratio_against_an_invalid_or_failed_gradient():
+    rows = [_row("gradient", peak=0.0), _row("sglrp-dtd", median=2.0, peak=20.0)]
+    speed.add_ratios(rows)
+    assert rows[1]["time_ratio"] == 2.0 and rows[1]["memory_ratio"] is None
+    text = speed.table(rows)
+    assert "invalid: no rise above floor (0.0)" in text
+
+    rows = [_row("gradient", status="failed"), _row("sglrp-dtd")]
+    speed.add_ratios(rows)
+    assert rows[1]["time_ratio"] is None and rows[1]["memory_ratio"] is None
+    assert "| failed: boom |" in speed.table(rows)
