@@ -63,6 +63,7 @@ from .operations import (
     REORDERLESS,
     SHIFTS,
     SOFTMAXES,
+    TRANSPOSED,
     active,
     bind,
     bind_linear,
@@ -290,6 +291,8 @@ class Interceptor(NonlinearTreatments, TorchFunctionMode):
             return self._linear
         if func is F.batch_norm:
             return self._batch_norm
+        if func in TRANSPOSED:
+            return self._transposed
         if func in RELUS:
             return self._relu
         if func in ACTIVATIONS:
@@ -408,6 +411,13 @@ class Interceptor(NonlinearTreatments, TorchFunctionMode):
             return value
         self.note(name, f"rule {_describe(rule)}")
         return self.rule_node(op, rule, x, value, where)
+
+    def _transposed(self, func, args, kwargs, last):
+        self.consume(args, kwargs)
+        where = self._where(func.__name__)
+        self.unmatched_linear.append(f"{where}, transposed")
+        self.note(func.__name__, "gradient (LRP-0 with bias): no rules for transposed maps")
+        return func(*args, **kwargs)
 
     def _preprocessing(self, func, args, kwargs, last):
         self.consume(args, kwargs)

@@ -69,6 +69,9 @@ MATMULS = frozenset(
     {torch.matmul, T.matmul, T.__matmul__, T.__rmatmul__, torch.bmm, T.bmm, torch.mm, T.mm}
 )
 SOFTMAXES = frozenset({F.softmax, torch.softmax, T.softmax})
+TRANSPOSED = frozenset({F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d})
+"""Transposed convolutions: their gradient (LRP-0) is used, with the warning given to linear
+layers without a rule."""
 SHIFTS = frozenset(
     {
         torch.add,
