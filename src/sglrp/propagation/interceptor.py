@@ -414,8 +414,8 @@ class Interceptor(NonlinearTreatments, TorchFunctionMode):
 
     def _transposed(self, func, args, kwargs, last):
         self.consume(args, kwargs)
-        where = self._where(func.__name__)
-        self.unmatched_linear.append(f"{where}, transposed")
+        if not isinstance(self.rule_of(self.module()), Gradient):  # asked for: no warning
+            self.unmatched_linear.append(f"{self._where(func.__name__)}, transposed")
         self.note(func.__name__, "gradient (LRP-0 with bias): no rules for transposed maps")
         return func(*args, **kwargs)
 
