@@ -11,9 +11,14 @@ from torch import Tensor, nn
 
 from ..presets import Bounds, scalar_bounds
 from ..propagation import RulesSpec, propagate
-from ..propagation.output import OutputRelevance, combine_parts, sglrp_parts
+from ..propagation.output import (
+    OutputRelevance,
+    OutputRelevanceSpec,
+    combine_parts,
+    sglrp_parts,
+)
 from ..targets import Target
-from .registry import Method, register
+from .registry import Method, MethodFn, register
 
 __all__ = ["SGLRP_VARIANTS", "clrp", "lrp", "output_relevance_method", "sglrp"]
 
@@ -47,23 +52,7 @@ def _lrp(model, x, target, output_relevance, rules, bounds, epsilon, attention) 
     return result.input_relevance
 
 
-@register(
-    "lrp",
-    label="LRP",
-    family="lrp",
-    summary="z_t at the target, propagated with LRP rules",
-    reference="Bach et al. 2015; Iwana et al. 2019 eq. 3",
-)
-def lrp(
-    model: nn.Module,
-    x: Tensor,
-    target: Target,
-    rules: RulesSpec = "dtd",
-    bounds: Bounds | None = None,
-    epsilon: float | None = None,
-    attention: str | None = None,
-) -> Tensor:
-    """LRP: output relevance :math:`R_n = z_t` for :math:`n = t`, else 0 (paper eq. 3).
+_OPTIONS_DOC = """
 
     ``rules``: a preset name (``"dtd"``: z+ everywhere and Z^B at the first layer, the paper's
     choice) or a rule map ``[(module type or name, rule), ...]``, first match wins.
@@ -72,27 +61,50 @@ def lrp(
     ``attention``: ``"cp"`` (attention weights constant) or ``"attnlrp"`` for transformers
     (default: the preset's, else ``"cp"``).
     """
-    return _lrp(model, x, target, "lrp", rules, bounds, epsilon, attention)
 
 
-@register(
+def _propagating(output_relevance: OutputRelevanceSpec, name: str, doc: str) -> MethodFn:
+    """A method propagating ``output_relevance`` with LRP rules (LRP, CLRP, a user's)."""
+
+    def method(
+        model: nn.Module,
+        x: Tensor,
+        target: Target,
+        rules: RulesSpec = "dtd",
+        bounds: Bounds | None = None,
+        epsilon: float | None = None,
+        attention: str | None = None,
+    ) -> Tensor:
+        return _lrp(model, x, target, output_relevance, rules, bounds, epsilon, attention)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = doc + _OPTIONS_DOC
+    return method
+
+
+lrp = register(
+    "lrp",
+    _propagating(
+        "lrp", "lrp", "LRP: output relevance :math:`R_n = z_t` for :math:`n = t`, else 0 (eq. 3)."
+    ),
+    label="LRP",
+    family="lrp",
+    summary="z_t at the target, propagated with LRP rules",
+    reference="Bach et al. 2015; Iwana et al. 2019 eq. 3",
+)
+
+clrp = register(
     "clrp",
+    _propagating(
+        "clrp",
+        "clrp",
+        "Contrastive LRP: :math:`z_t` at :math:`t`, :math:`-z_t/(C-1)` elsewhere (eq. 7).",
+    ),
     label="CLRP",
     family="lrp",
     summary="z_t at the target, -z_t/(C-1) elsewhere, propagated with LRP rules",
     reference="Gu et al. 2018 (CLRP1); Iwana et al. 2019 eq. 7",
 )
-def clrp(
-    model: nn.Module,
-    x: Tensor,
-    target: Target,
-    rules: RulesSpec = "dtd",
-    bounds: Bounds | None = None,
-    epsilon: float | None = None,
-    attention: str | None = None,
-) -> Tensor:
-    """Contrastive LRP: :math:`z_t` at :math:`t`, :math:`-z_t/(C-1)` elsewhere (eq. 7)."""
-    return _lrp(model, x, target, "clrp", rules, bounds, epsilon, attention)
 
 
 @register(
@@ -149,22 +161,11 @@ def sglrp(
 def output_relevance_method(output_relevance: OutputRelevance) -> Method:
     """An unregistered LRP method propagating a user's output relevance
     ``(logits (N, C), targets (N,)) -> (N, C)`` (what ``explain(method=callable)`` runs)."""
-
-    def custom(
-        model: nn.Module,
-        x: Tensor,
-        target: Target,
-        rules: RulesSpec = "dtd",
-        bounds: Bounds | None = None,
-        epsilon: float | None = None,
-        attention: str | None = None,
-    ) -> Tensor:
-        return _lrp(model, x, target, output_relevance, rules, bounds, epsilon, attention)
-
     name = getattr(output_relevance, "__name__", "custom")
+    fn = _propagating(output_relevance, name, "A user's output relevance.")
     return Method(
         name=name,
-        fn=custom,
+        fn=fn,
         label=name,
         options=("rules", "bounds", "epsilon", "attention"),
         family="lrp",
