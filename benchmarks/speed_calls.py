@@ -152,6 +152,14 @@ METHODS: dict[str, tuple[str, Builder]] = {
         "sglrp.explain(method='lrp', rules='epsilon-plus-flat')",
         _sglrp("lrp", "epsilon-plus-flat", None),
     ),
+    "sglrp-epsilon-cp": (
+        "sglrp.explain(method='sglrp', rules='epsilon-cp'): CP-LRP attention (transformers)",
+        _sglrp("sglrp", "epsilon-cp", None),
+    ),
+    "sglrp-epsilon-attnlrp": (
+        "sglrp.explain(method='sglrp', rules='epsilon-attnlrp'): AttnLRP (transformers)",
+        _sglrp("sglrp", "epsilon-attnlrp", None),
+    ),
     "zennit-epsilon-plus-flat": (
         "zennit EpsilonPlusFlat + canonizer, Gradient attributor, output z_t",
         _zennit_epsilon_plus_flat,

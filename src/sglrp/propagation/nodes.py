@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .state import RuleState, safe_ratio, stabilize
+from .state import RuleState, safe_ratio, signed_epsilon
 
 
 class RuleNode(torch.autograd.Function):
@@ -34,7 +34,12 @@ class PassNode(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, value: Tensor, eps: float) -> Tensor:
-        ctx.ratio = safe_ratio(value, stabilize(x.detach().clone(), eps, 0))
+        x = x.detach()
+        if eps > 0:  # x + eps sign(x) is never 0: no zero mask needed
+            d = x + signed_epsilon(x, eps)
+            ctx.ratio = torch.div(value.detach(), d, out=d)
+        else:
+            ctx.ratio = safe_ratio(value, x.clone())
         ctx.mark_dirty(value)
         return value
 

@@ -19,15 +19,21 @@ from ..rules import LinearRule, X, keep
 from .layers import LinearOp
 
 
+def signed_epsilon(d: Tensor, eps: float) -> Tensor:
+    """``eps * sign(d)`` in ``d``'s dtype, one pass: the sign bit decides, so ``+0.0`` gets
+    ``+eps`` and ``-0.0`` gets ``-eps`` (either way the stabilised value is not zero)."""
+    return torch.copysign(d.new_tensor(eps), d)
+
+
 def stabilize(d: Tensor, eps: float, sign: int) -> Tensor:
-    """``d + eps * sign(d)`` (``+eps`` at 0), in place; ``sign`` is d's known sign or 0."""
+    """``d + eps * sign(d)`` (``+eps`` at +0), in place; ``sign`` is d's known sign or 0."""
     if eps == 0:
         return d
     if sign > 0:
         return d.add_(eps)
     if sign < 0:
         return d.sub_(eps)
-    return d.add_((d >= 0).to(d.dtype).mul_(2 * eps).sub_(eps))
+    return d.add_(signed_epsilon(d, eps))
 
 
 def safe_ratio(value: Tensor, d: Tensor, may_be_zero: bool = True) -> Tensor:
