@@ -3,6 +3,8 @@ registered by a user appears everywhere the registry is read."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -109,3 +111,17 @@ def test_k_targets_in_one_vectorised_backward_equal_k_passes(
     for k in range(3):
         single = sglrp.explain(model, x, targets[:, k], method="sglrp", rules=rules)
         torch.testing.assert_close(batched[:, k], single, rtol=1e-12, atol=1e-15)
+
+
+def test_underflowed_relevance_is_reported():
+    """A map in float32's denormal range (here x * gradient of an input of 1e-39) is flagged:
+    it is mostly rounding; the same input in float64 is in range and not flagged."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    x = (torch.rand(2, 1, 2, 4) + 0.5) * 1e-39
+    assert 0 < x.abs().max() < torch.finfo(torch.float32).tiny
+    with pytest.warns(RuntimeWarning, match="underflowed"):
+        sglrp.explain(model, x, 0, method="input_x_gradient")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sglrp.explain(model.double(), x.double(), 0, method="input_x_gradient")

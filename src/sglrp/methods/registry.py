@@ -263,6 +263,20 @@ def _check_result(record: Method, x: Tensor, result: object, multi: bool) -> Ten
             RuntimeWarning,
             stacklevel=4,
         )
+    if result.is_floating_point():
+        peak = result.detach().flatten(lead).abs().amax(dim=-1)
+        tiny = torch.finfo(result.dtype).tiny
+        underflow = (peak > 0) & (peak < tiny)
+        if bool(underflow.any()):
+            warnings.warn(
+                f"method {record.name!r} gave relevance below {result.dtype}'s normal range "
+                f"(largest |value| {float(peak[underflow].max()):.3g} < {tiny:.3g}) for "
+                f"{int(underflow.sum())} map(s): it underflowed, so the map is mostly rounding "
+                "and was slow to compute; the model's activations vanish (random weights, or "
+                "batch-norm statistics never set?) — check the model, or explain in float64",
+                RuntimeWarning,
+                stacklevel=4,
+            )
     return result
 
 
