@@ -3,7 +3,7 @@
 Every function accepts torch tensors (any device, with or without grad) and numpy arrays.
 Nothing here touches ``matplotlib.pyplot``: figures are plain ``matplotlib.figure.Figure``
 objects drawn with the Agg canvas, so no global matplotlib state is changed and no figure is
-kept alive by a registry. Files are written atomically with :func:`sglrp.io.atomic_path`.
+kept alive by a registry. Files are written atomically with :func:`sglrp.atomic.atomic_path`.
 
 Display conventions (as in the SGLRP paper, Figs. 6-7):
 
@@ -38,7 +38,7 @@ from matplotlib.colors import Colormap, ListedColormap, Normalize
 from matplotlib.figure import Figure
 from PIL import Image
 
-from sglrp.io import atomic_path
+from sglrp.atomic import atomic_path
 
 __all__ = [
     "CBAR_IN",

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..io import atomic_path, write_json
+from ..atomic import atomic_path, write_json
 from ..presets import Bounds
 from ..propagation import RulesSpec
 from ..propagation.output import OutputRelevance

@@ -150,7 +150,7 @@ class CollapseCurve:
     classes
         (K,) the classes compared.
     aggregates
-        One :class:`~sglrp.evaluate.Aggregate` (mean with a 95 % interval) per layer.
+        One :class:`~sglrp.metrics.Aggregate` (mean with a 95 % interval) per layer.
     """
 
     layers: tuple[str, ...]
@@ -436,9 +436,9 @@ def random_logit(
         \\quad t' \\sim \\mathcal U(\\{0..C-1\\} \\setminus \\{t\\})
 
     where :math:`\\hat R` is the channel-summed map (its absolute value with ``absolute``)
-    min-max normalised to [0, 1] per map (:func:`~sglrp.evaluate.similarity.normalise_minmax`:
+    min-max normalised to [0, 1] per map (:func:`~sglrp.metrics.similarity.normalise_minmax`:
     sign kept, scale and offset removed; a constant map becomes 0), and SSIM has an 11 x 11
-    Gaussian window, sigma 1.5, L = 1 (:func:`~sglrp.evaluate.similarity.ssim`). A
+    Gaussian window, sigma 1.5, L = 1 (:func:`~sglrp.metrics.similarity.ssim`). A
     class-sensitive explanation gives a different map for another class, so a low value.
 
     Parameters
