@@ -41,19 +41,22 @@ from ..neurons import (
     critical_paths,
     deconvnet,
     default_ks,
-    draw_graph,
-    error_curves,
     neuron_flows,
-    neuron_grid,
     neuron_layers,
-    path_figure,
     restricted_relevance,
     select_top_k,
     selection_curve,
     write_graph,
 )
 from ..presets import PRESETS, bounds_from_normalization
-from ..viz import comparison_grid, save_map_png
+from ..viz import (
+    comparison_grid,
+    draw_graph,
+    error_curves,
+    neuron_grid,
+    path_figure,
+    save_map_png,
+)
 from .classes import resolve_target
 
 __all__ = ["PathsRequest", "analyse", "load_input"]

@@ -1,21 +1,7 @@
 """``sglrp paths IMAGE --model M --layer L --k K --out DIR``: neurons and critical paths.
 
-Writes into ``DIR``:
-
-* ``graph.png``, ``graph.graphml``, ``graph.json``: the critical-path graph (top
-  ``--graph-k`` neurons of every conv/linear layer, relevance flowing between them, the
-  heaviest path outlined);
-* ``heatmaps.png``: the input, the full heatmap, the heatmap restricted to the top-K neurons
-  of ``--layer``, to the graph's neurons and to the heaviest path, and one heatmap per
-  selected neuron of ``--layer``; ``maps/*.png``: each of them on its own;
-* ``neurons.png``: the selected neurons of ``--layer``, each with its heatmap and DeconvNet
-  reconstruction (VGG-style models); ``path.png``: the same along the heaviest path;
-* ``errors.png``: MSE and SMAPE of the restricted heatmap and of the ablated output against
-  the full ones, over k at ``--layer``;
-* ``summary.json``: target, selections, errors, chosen k, path, files (written last).
-
-IMAGE is an image file (resized to the model's input size) or ``builtin:N``, the N-th
-generated multi-object shapes image. The analysis itself is :func:`sglrp.app.paths.analyse`.
+The files written and the analysis are described in :mod:`sglrp.app.paths`; this module
+reads and checks the options.
 """
 
 from __future__ import annotations
