@@ -136,7 +136,7 @@ def test_the_checker_finds_every_kind_of_breach(tmp_path):
         "commands/options.py": "",
         "commands/evaluate.py": "from .options import *\nfrom ..app import runner\n",  # allowed
         "commands/reproduce.py": "from . import evaluate\n",  # command -> command
-        "typed.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .app import runner\n",
+        "typed.py": "import typing\nif typing.TYPE_CHECKING:\n    from .app import runner\n",
     }
     for name, text in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
