@@ -5,7 +5,9 @@ registered once reaches explain, the CLI, the evaluation and the report."""
 from __future__ import annotations
 
 import ast
+import importlib
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import torch
 from PIL import Image
 
 import sglrp
-from sglrp import cli, methods
+from sglrp import cli, methods, metrics
 from sglrp.app import report, runner
 from sglrp.data import CLASSES, MEAN, STD
 from sglrp.loading import ModelBundle
@@ -161,6 +163,14 @@ def test_no_source_file_is_over_600_lines(tmp_path):
     assert too_long == {}
     (tmp_path / "long.py").write_text("x = 1\n" * (MAX_LINES + 1))  # the check can fail
     assert _line_counts(tmp_path) == {"long.py": MAX_LINES + 1}
+
+
+def test_the_old_metrics_name_still_imports(monkeypatch):
+    monkeypatch.delitem(sys.modules, "sglrp.evaluate", raising=False)
+    with pytest.warns(DeprecationWarning, match="sglrp.metrics"):
+        old = importlib.import_module("sglrp.evaluate")
+    assert old.average_drop is metrics.average_drop
+    assert set(old.__all__) == set(metrics.__all__)
 
 
 # ----------------------------------------------------------------------------- a new method

@@ -193,6 +193,7 @@ def metrics_document(
     data = {
         "settings": {**cfg.identity(), "weights": bundle.weights},
         "model": bundle.name,
+        "provenance": bundle.provenance,
         "classes": list(bundle.classes),
         "methods": list(methods),
         "method_labels": {m: method_label(m) for m in methods},
