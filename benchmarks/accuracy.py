@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sglrp.atomic import write_text
 from sglrp.data import CLASSES, generate
-from sglrp.io import write_text
 from sglrp.models import available_pretrained, pretrained
 
 NAMES = ("shapes_vgg", "shapes_resnet")

@@ -1,7 +1,8 @@
 """Throughput of the evaluation runner and where its time goes, measured from outside.
 
-:func:`measure_evaluate` runs ``sglrp.evaluate.runner.run`` (what ``sglrp evaluate`` runs)
-once into a temporary folder, with the runner's module-level functions wrapped by timers for
+:func:`measure_evaluate` runs ``sglrp.app.runner.run`` (what ``sglrp evaluate`` runs)
+once into a temporary folder, with the module-level functions of the runner and of its batch
+loop (:mod:`sglrp.app.batch`) wrapped by timers for
 the duration of the run only: ``explain_relevance`` (per method), the model-based metrics
 (their perturbations and forward passes), the localisation metrics, image loading, model
 loading and output writing. The runner's code is not changed; a function it no longer has
@@ -20,7 +21,10 @@ from typing import Any
 
 import torch
 
-from sglrp.evaluate import runner
+from sglrp.app import batch, config, runner
+
+#: The modules whose functions are timed, searched in this order.
+MODULES = (runner, batch)
 
 #: Part of the breakdown -> runner functions timed under it.
 PARTS: dict[str, tuple[str, ...]] = {
@@ -76,24 +80,25 @@ def _method_key(bundle, x, targets, method, *rest, **kwargs) -> str:
 @contextmanager
 def _timed_runner(timers: Timers, missing: list[str]):
     """Wrap the runner's functions with timers; restore them on exit."""
-    originals: dict[str, Callable] = {}
+    originals: list[tuple[Any, str, Callable]] = []
     names = {name: name for part in PARTS.values() for name in part}
     names["explain_relevance"] = _method_key
     for name, key in names.items():
-        fn = getattr(runner, name, None)
-        if fn is None:
+        module = next((m for m in MODULES if callable(getattr(m, name, None))), None)
+        if module is None:
             missing.append(name)
             continue
-        originals[name] = fn
+        fn = getattr(module, name)
+        originals.append((module, name, fn))
         if name == "open_data":
-            setattr(runner, name, _timed_open_data(timers, fn))
+            setattr(module, name, _timed_open_data(timers, fn))
         else:
-            setattr(runner, name, timers.wrap(key, fn))
+            setattr(module, name, timers.wrap(key, fn))
     try:
         yield
     finally:
-        for name, fn in originals.items():
-            setattr(runner, name, fn)
+        for module, name, fn in originals:
+            setattr(module, name, fn)
 
 
 def _timed_open_data(timers: Timers, open_data: Callable) -> Callable:
@@ -114,7 +119,7 @@ def _run(spec: dict[str, Any]) -> dict[str, Any]:
     for key in ("methods", "metrics"):
         if spec.get(key):
             settings[key] = tuple(spec[key])
-    cfg = runner.EvalConfig(device="cpu", **settings)
+    cfg = config.EvalConfig(device="cpu", **settings)
     timers, missing = Timers(), []
     with tempfile.TemporaryDirectory() as out, _timed_runner(timers, missing):
         start = time.perf_counter()

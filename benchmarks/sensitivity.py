@@ -3,9 +3,9 @@
 For ``shapes_vgg`` and ``shapes_resnet`` with the paper's rules (``"dtd"``: z+ everywhere,
 Z^B at the first layer with the per-channel bounds of the models' normalisation):
 
-* class-collapse curve (:func:`sglrp.evaluate.class_collapse`) on ``--n`` two-object images,
+* class-collapse curve (:func:`sglrp.metrics.class_collapse`) on ``--n`` two-object images,
   per conv/linear layer from the output to the input;
-* swap test (:func:`sglrp.evaluate.swap_test`) on the same images, object a = the first
+* swap test (:func:`sglrp.metrics.swap_test`) on the same images, object a = the first
   object drawn, b = the second, for SGLRP, CLRP and LRP;
 * random-logit SSIM (target = object a's class) and Focus on ``--n`` 2x2 mosaics
   (:func:`sglrp.data.mosaic`), and the cascading randomisation test (Spearman of |R| after
@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 import sglrp
+from sglrp.atomic import write_json
 from sglrp.data import generate, mosaic
-from sglrp.evaluate import class_collapse, focus, random_logit, randomisation_test, swap_test
-from sglrp.io import write_json
+from sglrp.metrics import class_collapse, focus, random_logit, randomisation_test, swap_test
 from sglrp.models import pretrained
 
 MODELS = ("shapes_vgg", "shapes_resnet")

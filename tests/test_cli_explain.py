@@ -1,7 +1,8 @@
-"""``sglrp explain`` end to end (sglrp.cli.main + capsys) and the sglrp.imageio helpers."""
+"""``sglrp explain`` end to end (sglrp.cli.main + capsys) and the sglrp.images helpers."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -12,7 +13,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from sglrp import cli, imageio
+from sglrp import cli
+from sglrp import images as imgs
 from sglrp.models import get_model
 from sglrp.viz import grid_size_px
 
@@ -166,7 +168,7 @@ def test_default_methods_on_a_resnet18(tmp_path, capsys, files):
     assert [m["name"] for m in s["methods"]] == [
         "sglrp", "clrp", "lrp", "guided_gradcam", "relevance_cam"
     ]  # fmt: skip
-    assert s["options"]["mean"] == pytest.approx(imageio.IMAGENET_MEAN)
+    assert s["options"]["mean"] == pytest.approx(imgs.IMAGENET_MEAN)
     with Image.open(out / "rgb" / "grid.png") as grid:
         assert grid.size == grid_size_px(1, 5, row_titles=True)
 
@@ -394,7 +396,7 @@ def test_module_factory_with_and_without_weights(files, tmp_path, capsys, monkey
 
 
 def test_shipped_model_uses_its_own_preprocessing_and_classes(files, tmp_path, capsys):
-    weights = Path(imageio.__file__).parent / "weights" / "shapes_vgg.pt"
+    weights = Path(imgs.__file__).parent / "weights" / "shapes_vgg.pt"
     if not weights.is_file():
         pytest.skip("the shipped shapes_vgg weights are not installed yet")
     from sglrp.data import CLASSES
@@ -409,20 +411,20 @@ def test_shipped_model_uses_its_own_preprocessing_and_classes(files, tmp_path, c
     assert {e["name"] for e in s["top5"]} <= set(CLASSES)
 
 
-def test_shipped_model_files_are_read_without_the_loader(files, tmp_path, capsys, monkeypatch):
-    """Until sglrp.models.pretrained exists, the weights folder is read directly."""
-    from sglrp import models
-    from sglrp.commands import explain as command
+def test_shipped_model_files_from_another_folder(files, tmp_path, capsys, monkeypatch):
+    """The shipped-model folder (sglrp.loading.WEIGHTS_ROOT) is read with its own metadata."""
+    from sglrp import loading
 
     torch.manual_seed(0)
     model = get_model("shapes_vgg", num_classes=3)
     half = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
     torch.save(half, tmp_path / "shapes_vgg.pt")
+    digest = hashlib.sha256((tmp_path / "shapes_vgg.pt").read_bytes()).hexdigest()
     meta = {"architecture": "shapes_vgg", "classes": ["a", "b", "c"], "mean": [0.4] * 3,
-            "std": [0.2] * 3, "input_size": [3, 48, 48], "model_kwargs": {}}  # fmt: skip
+            "std": [0.2] * 3, "input_size": [3, 48, 48], "model_kwargs": {},
+            "sha256": digest}  # fmt: skip
     (tmp_path / "shapes_vgg.json").write_text(json.dumps(meta))
-    monkeypatch.setattr(command, "WEIGHTS_DIR", tmp_path)
-    monkeypatch.setattr(models, "pretrained", None)
+    monkeypatch.setattr(loading, "WEIGHTS_ROOT", tmp_path)
     out = tmp_path / "out"
     code, _, err = run(capsys, files["rgb"], "--model", "shapes_vgg", "--method", "sglrp",
                        "--target", "b", "--out", out)  # fmt: skip
@@ -431,28 +433,29 @@ def test_shipped_model_files_are_read_without_the_loader(files, tmp_path, capsys
     assert s["input_shape"] == [1, 3, 48, 48]
     assert s["options"]["mean"] == pytest.approx([0.4] * 3)
     assert s["target"]["index"] == 1 and s["model"]["kind"] == "shipped"
+    assert s["model"]["sha256"] == digest
     (tmp_path / "shapes_vgg.pt").unlink()
     code, _, err = run(capsys, files["rgb"], "--model", "shapes_vgg", "--out", out)
     assert code != 0 and len(err.splitlines()) == 1 and "not installed" in err
 
 
-# ------------------------------------------------------------------ imageio
+# ------------------------------------------------------------------ images
 
 
 def test_resize_and_crop_follow_torchvision():
     img = Image.new("RGB", (100, 50))
-    assert imageio.resize_shorter(img, 32).size == (64, 32)
-    assert imageio.resize_shorter(Image.new("RGB", (50, 75)), 20).size == (20, 30)
+    assert imgs.resize_shorter(img, 32).size == (64, 32)
+    assert imgs.resize_shorter(Image.new("RGB", (50, 75)), 20).size == (20, 30)
     a = np.arange(7 * 9 * 3, dtype=np.uint8).reshape(7, 9, 3)
-    crop = imageio.center_crop(Image.fromarray(a), 4)
+    crop = imgs.center_crop(Image.fromarray(a), 4)
     np.testing.assert_array_equal(np.asarray(crop), a[2:6, 2:6])  # round((7-4)/2)=2, (9-4)/2
-    padded = imageio.center_crop(Image.fromarray(a), 11)
+    padded = imgs.center_crop(Image.fromarray(a), 11)
     assert padded.size == (11, 11) and np.asarray(padded)[0].max() == 0
 
 
 def test_to_tensor_normalises():
     img = Image.fromarray(np.full((2, 2, 3), 255, np.uint8))
-    x = imageio.to_tensor(img, mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 1.0))
+    x = imgs.to_tensor(img, mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 1.0))
     assert x.shape == (1, 3, 2, 2)
     np.testing.assert_allclose(x[0, :, 0, 0].numpy(), [2.0, 1.0, 0.5])
 
@@ -465,7 +468,7 @@ def test_exif_orientation_is_applied(tmp_path):
     exif[0x0112] = 6  # "rotate 90 CW to display"
     path = tmp_path / "exif.png"
     img.save(path, exif=exif)
-    loaded = imageio.load_image(path)
+    loaded = imgs.load_image(path)
     assert loaded.size == (10, 20)
     expected = np.asarray(img.transpose(Image.Transpose.ROTATE_270))
     np.testing.assert_array_equal(np.asarray(loaded), expected)
@@ -475,12 +478,12 @@ def test_palette_and_16bit_modes(tmp_path):
     p = Image.new("P", (4, 4), 1)
     p.putpalette([0, 0, 0, 10, 20, 30] + [0] * (256 * 3 - 6))
     p.save(tmp_path / "p.png")
-    assert imageio.load_image(tmp_path / "p.png").getpixel((0, 0)) == (10, 20, 30)
+    assert imgs.load_image(tmp_path / "p.png").getpixel((0, 0)) == (10, 20, 30)
     p.save(tmp_path / "pt.png", transparency=1)  # palette entry 1 is transparent
-    assert imageio.load_image(tmp_path / "pt.png").getpixel((0, 0)) == (255, 255, 255)
+    assert imgs.load_image(tmp_path / "pt.png").getpixel((0, 0)) == (255, 255, 255)
     v = np.array([[0, 257, 32768, 65280, 65535]], np.uint16)  # 65535 -> 255: v / 257
     Image.fromarray(v).save(tmp_path / "g16.png")
-    got = np.asarray(imageio.load_image(tmp_path / "g16.png"))[0, :, 0]
+    got = np.asarray(imgs.load_image(tmp_path / "g16.png"))[0, :, 0]
     np.testing.assert_array_equal(got, [0, 1, 128, 254, 255])
 
 
@@ -495,11 +498,11 @@ def test_palette_and_16bit_modes(tmp_path):
 def test_read_labels(tmp_path, text, name):
     path = tmp_path / name
     path.write_text(text)
-    assert imageio.read_labels(path) == ["cat", "dog"]
+    assert imgs.read_labels(path) == ["cat", "dog"]
 
 
 def test_read_labels_rejects_empty(tmp_path):
     path = tmp_path / "e.txt"
     path.write_text("\n\n")
     with pytest.raises(ValueError, match="no class names"):
-        imageio.read_labels(path)
+        imgs.read_labels(path)

@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from sglrp import imageio
+from sglrp import images
 from sglrp.data import (
     ClippedBoxWarning,
     VOCDataset,
@@ -29,7 +29,7 @@ from sglrp.data import (
     generate,
     load_voc,
 )
-from sglrp.imageio import ImageTooLargeError
+from sglrp.images import ImageTooLargeError
 from sglrp.models import get_model, pretrained
 from sglrp.models.checksum import verify_sha256
 from sglrp.models.zoo import load_state_dict_file
@@ -329,12 +329,12 @@ def test_huge_png_is_refused_before_decoding(tmp_path, monkeypatch):
             assert im.size == (12000, 12000)
     _no_decoding(monkeypatch)
     with pytest.raises(ImageTooLargeError) as info:
-        imageio.load_image(huge)
+        images.load_image(huge)
     message = str(info.value)
     assert message.startswith(f"{huge}: image is 12000x12000 = 144.0 megapixels")
     assert "limit of 50 megapixels" in message and "MAX_PIXELS" in message
     with pytest.raises(ImageTooLargeError):
-        imageio.image_size(huge)
+        images.image_size(huge)
 
 
 def test_huge_png_in_a_voc_folder_is_refused_before_decoding(voc, monkeypatch):
@@ -349,19 +349,19 @@ def test_huge_png_in_a_voc_folder_is_refused_before_decoding(voc, monkeypatch):
 
 def test_pixel_limit_can_be_changed(voc, monkeypatch):
     image = voc / "JPEGImages" / "000000.png"
-    assert imageio.load_image(image).size == (64, 64)
+    assert images.load_image(image).size == (64, 64)
     with pytest.raises(ImageTooLargeError, match="limit of 0.004 megapixels"):
-        imageio.load_image(image, max_pixels=4000)
-    assert imageio.load_image(image, max_pixels=4096).size == (64, 64)
+        images.load_image(image, max_pixels=4000)
+    assert images.load_image(image, max_pixels=4096).size == (64, 64)
     with pytest.raises(ImageTooLargeError):
         load_voc(voc, max_pixels=4000)
-    monkeypatch.setattr(imageio, "MAX_PIXELS", 4000)
+    monkeypatch.setattr(images, "MAX_PIXELS", 4000)
     with pytest.raises(ImageTooLargeError):
-        imageio.load_image(image)
+        images.load_image(image)
     with pytest.raises(ImageTooLargeError):
         load_voc(voc)
     with pytest.raises(ValueError, match="max_pixels must be a positive int"):
-        imageio.load_image(image, max_pixels=0)
+        images.load_image(image, max_pixels=0)
 
 
 def test_voc_dataset_decodes_on_access(voc, monkeypatch):
@@ -441,7 +441,7 @@ def test_voc_exif_rotated_image(voc):
     path = voc / "JPEGImages" / "000000.png"
     Image.fromarray(stored).save(path, exif=exif)
     (voc / "SegmentationObject" / "000000.png").unlink()
-    assert imageio.image_size(path) == (64, 32)
+    assert images.image_size(path) == (64, 32)
     xml = _set(voc, {"size/width": "64", "size/height": "32", "object/name": "disc"})
     _box(voc, 1, 1, 64, 32)
     sample = VOCDataset(voc)[0]

@@ -1,4 +1,4 @@
-"""Metrics of sglrp.evaluate on hand-made maps and toy models with known answers."""
+"""Metrics of sglrp.metrics on hand-made maps and toy models with known answers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from sglrp.evaluate import (
+from sglrp.metrics import (
     LOCALISATION_METRICS,
     METRICS,
     aggregate,

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sglrp import cli, report
+from sglrp import cli
+from sglrp.app import config, findings, grids, plots, report, runner, sources
 from sglrp.data import CLASSES, MEAN, STD
-from sglrp.evaluate import runner
+from sglrp.loading import ModelBundle
 from sglrp.models import shapes_vgg
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "sglrp" / "weights"
@@ -35,7 +36,7 @@ def model_spec(monkeypatch) -> str:
         return "shapes_vgg"
     torch.manual_seed(0)
     model = shapes_vgg(num_classes=len(CLASSES)).eval()
-    bundle = runner.ModelBundle(model, CLASSES, MEAN, STD, "random-shapes_vgg", 64)
+    bundle = ModelBundle(model, CLASSES, MEAN, STD, "random-shapes_vgg", 64)
     monkeypatch.setattr(runner, "load_model", lambda spec: bundle)
     return "shapes_vgg"
 
@@ -94,26 +95,24 @@ def test_reproduce_quick_writes_a_self_contained_report(model_spec, tmp_path, ca
 
     data = json.loads((out / "metrics.json").read_text())
     assert (out / "summary.md").read_text(encoding="utf-8") == report.render_markdown(data)
-    assert data["methods"] == list(runner.DEFAULT_METHODS)
+    assert data["methods"] == list(config.DEFAULT_METHODS)
     keys = set(data["metrics"])
     assert {"extended_pointing_game", "patch_masking", "patch_masking_second"} <= keys
-    assert keys == set(runner.MEASURES)
+    assert keys == set(config.MEASURES)
     for key in keys:
         assert key in page.ids  # one table per measure
     text = " ".join(page.text)
     assert "SGLRP" in text and "Summary" in text
     for key in ("extended_pointing_game", "patch_masking", "patch_masking_second"):
-        assert (out / runner.PLOTS[key][0]).is_file()
+        assert (out / plots.PLOTS[key][0]).is_file()
     assert (out / "comparison_grid.png").is_file()
 
 
 def test_grid_rows_cover_every_present_class():
     torch.manual_seed(0)
-    bundle = runner.ModelBundle(
-        shapes_vgg(num_classes=len(CLASSES)).eval(), CLASSES, MEAN, STD, "r", 64
-    )
-    source = runner.open_data("builtin", 3, 0, bundle)
-    x, rows, targets, titles = report.comparison_rows(bundle, source, [0, 1])
+    bundle = ModelBundle(shapes_vgg(num_classes=len(CLASSES)).eval(), CLASSES, MEAN, STD, "r", 64)
+    source = sources.open_data("builtin", 3, 0, bundle)
+    x, rows, targets, titles = grids.comparison_rows(bundle, source, [0, 1])
     expected = [
         (i, c) for i in (0, 1) for c in dict.fromkeys(source.load(i).labels)
     ]  # image x class present
@@ -176,7 +175,7 @@ def _fake_data() -> dict:
 
 def test_summary_is_written_from_the_numbers():
     data = _fake_data()
-    text = " ".join(report.summary_paragraphs(data))
+    text = " ".join(findings.summary_paragraphs(data))
     assert "SGLRP does not win: Extended pointing game" in text
     assert "best Guided Grad-CAM 0.550" in text
     assert "SGLRP wins: Average drop (%)" in text  # lower is better: 30 beats 40
@@ -187,7 +186,7 @@ def test_summary_is_written_from_the_numbers():
         flipped["metrics"]["average_drop"]["methods"][m]["mean"] = v
     flipped["metrics"]["average_drop"]["ranking"] = ["guided_gradcam", "sglrp", "random"]
     flipped["metrics"]["average_drop"]["best"] = "guided_gradcam"
-    text = " ".join(report.summary_paragraphs(flipped))
+    text = " ".join(findings.summary_paragraphs(flipped))
     assert "SGLRP does not win any measure." in text
 
     page = report.render_html(data, {}, [])

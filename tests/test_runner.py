@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from sglrp import cli
+from sglrp.app import batch, config, runner, sources, summary
 from sglrp.data import CLASSES, MEAN, STD
-from sglrp.evaluate import runner
+from sglrp.loading import ModelBundle
 from sglrp.models import shapes_vgg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,11 +33,11 @@ SMALL = [
 ]
 
 
-def random_bundle() -> runner.ModelBundle:
+def random_bundle() -> ModelBundle:
     """A randomly initialised shapes VGG standing in for the shipped weights."""
     torch.manual_seed(0)
     model = shapes_vgg(num_classes=len(CLASSES)).eval()
-    return runner.ModelBundle(model, CLASSES, MEAN, STD, "random-shapes_vgg", 64)
+    return ModelBundle(model, CLASSES, MEAN, STD, "random-shapes_vgg", 64)
 
 
 @pytest.fixture(autouse=True)
@@ -219,7 +220,7 @@ def test_summary_respects_direction_and_excludes_nan():
         0: _record(0, {"sglrp": [10.0, 12.0], "lrp": [30.0, 31.0]}),
         1: _record(1, {"sglrp": [11.0, None], "lrp": [29.0, 33.0]}),
     }
-    s = runner.summarize(records, ["sglrp", "lrp"], ["average_drop", "pointing_game"], CLASSES)
+    s = summary.summarize(records, ["sglrp", "lrp"], ["average_drop", "pointing_game"], CLASSES)
     drop, pointing = s["average_drop"], s["pointing_game"]
     assert drop["direction"] == "lower" and drop["best"] == "sglrp"
     assert pointing["direction"] == "higher" and pointing["best"] == "lrp"
@@ -230,13 +231,12 @@ def test_summary_respects_direction_and_excludes_nan():
     assert subsets["multi_object"]["n"] == 3 and subsets["single_object"]["n"] == 0
 
 
-def test_method_missing_from_installation_is_skipped(monkeypatch):
-    import sglrp.api
-
-    monkeypatch.setattr(sglrp.api, "available_methods", lambda: ["lrp", "clrp", "sglrp"])
-    with pytest.warns(UserWarning, match="relevance_cam"):
-        usable, skipped = runner.resolve_methods("sglrp,relevance_cam")
-    assert usable == ["sglrp"] and skipped == ["relevance_cam"]
+def test_methods_are_read_from_the_registry():
+    assert config.resolve_methods("SGLRP, relevance-cam,sglrp") == ["sglrp", "relevance_cam"]
+    with pytest.raises(ValueError, match="unknown method 'magic'"):
+        config.resolve_methods("sglrp,magic")
+    assert config.method_label("guided_gradcam") == "Guided Grad-CAM"
+    assert config.method_label("not_registered") == "not_registered"
 
 
 def test_voc_folder_is_evaluated(random_model, tmp_path):
@@ -254,15 +254,15 @@ def test_voc_folder_is_evaluated(random_model, tmp_path):
 
 
 def test_map_without_positive_relevance_scores_zero_not_excluded(random_model, monkeypatch):
-    real = runner._maps
+    real = batch.display_maps
 
     def maps(bundle, x, targets, method, seed):
         r = real(bundle, x, targets, method, seed)
         return torch.zeros_like(r) if method == "clrp" else r
 
-    monkeypatch.setattr(runner, "_maps", maps)
-    cfg = runner.EvalConfig(methods=("sglrp", "clrp"), metrics=("extended_pointing_game",))
-    source = runner.open_data("builtin", 2, 0, random_model)
+    monkeypatch.setattr(batch, "display_maps", maps)
+    cfg = config.EvalConfig(methods=("sglrp", "clrp"), metrics=("extended_pointing_game",))
+    source = sources.open_data("builtin", 2, 0, random_model)
     rec = runner.compute_batch(
         random_model, source, [0, 2], cfg, ["sglrp", "clrp"], ["extended_pointing_game"], 0
     )

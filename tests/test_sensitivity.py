@@ -1,4 +1,4 @@
-"""Class-sensitivity diagnostics (sglrp.evaluate.sensitivity, similarity) and the mosaic
+"""Class-sensitivity diagnostics (sglrp.metrics.sensitivity, similarity) and the mosaic
 builder, on constructed cases with known answers."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import torch
 from conftest import assert_same_state, model_state
 from torch import nn
 
-import sglrp.evaluate.sensitivity as sensitivity_module
-import sglrp.evaluate.similarity as similarity_module
+import sglrp.metrics.sensitivity as sensitivity_module
+import sglrp.metrics.similarity as similarity_module
 from sglrp.data import CELLS, CLASSES, generate, mosaic
-from sglrp.evaluate import (
+from sglrp.metrics import (
     average_ranks,
     class_collapse,
     focus,

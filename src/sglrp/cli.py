@@ -8,11 +8,13 @@ stderr and a non-zero exit status; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("explain", "train", "evaluate", "reproduce", "paths")
+from .commands import evaluate, explain, paths, reproduce, train
+
+#: The sub-commands, in the order ``sglrp --help`` lists them.
+COMMANDS = (explain, train, evaluate, reproduce, paths)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,14 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"sglrp.commands.{name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"sglrp.commands.{name}":
-                raise
-            continue
-        module.register(subparsers)
+    for command in COMMANDS:
+        command.register(subparsers)
     return parser
 
 

@@ -33,8 +33,8 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
+from .atomic import atomic_open, atomic_path, write_json
 from .data import CLASSES, MEAN, STD, generate, to_tensor
-from .io import atomic_open, atomic_path, write_json
 from .models.small import shapes_resnet, shapes_vgg
 
 __all__ = ["MODELS", "RECIPES", "evaluate_accuracy", "resolve_recipe", "sha256_file", "train"]

@@ -1,6 +1,7 @@
 """``sglrp evaluate``: every method through every metric, streamed, resumable, shardable.
 
-Run it under ``torchrun --nproc_per_node=K`` to share the batches between K processes.
+Run it under ``torchrun --nproc_per_node=K`` to share the batches between K processes. The
+work is :func:`sglrp.app.runner.run`; this module reads the options.
 """
 
 from __future__ import annotations
@@ -9,43 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..evaluate.runner import DEFAULT_METHODS, METRIC_NAMES, EvalConfig
-
-
-def add_common(parser: argparse.ArgumentParser) -> None:
-    """Options shared by ``evaluate`` and ``reproduce``."""
-    parser.add_argument(
-        "--model",
-        default="shapes_vgg",
-        help="shipped model name or a weights file from `sglrp train` (default: shapes_vgg)",
-    )
-    parser.add_argument(
-        "--data",
-        default="builtin",
-        help="'builtin' (generated multi- and single-object images) or a VOC folder",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="data and random-baseline seed")
-    parser.add_argument(
-        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="compute device"
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads per process (default: PyTorch's choice; 1 helps on a busy machine)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
-
-
-def apply_threads(threads: int | None) -> None:
-    """Set PyTorch's intra-op thread count when asked."""
-    if threads is None:
-        return
-    if threads < 1:
-        raise ValueError(f"--threads must be a positive integer, got {threads}")
-    import torch
-
-    torch.set_num_threads(threads)
+from ..app.config import DEFAULT_METHODS, METRIC_NAMES, EvalConfig, resolve_metrics
+from ..app.runner import run
+from .options import add_run_options, apply_threads, check_out, method_help, parse_methods
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -61,11 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "are shared between the processes and rank 0 merges."
         ),
     )
-    add_common(p)
+    add_run_options(p)
     p.add_argument(
-        "--methods",
-        default=",".join(DEFAULT_METHODS),
-        help=f"comma-separated methods (default: {','.join(DEFAULT_METHODS)})",
+        "--methods", default=",".join(DEFAULT_METHODS), help=method_help(DEFAULT_METHODS)
     )
     p.add_argument(
         "--metrics",
@@ -89,15 +54,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run the evaluation; print where the results are."""
-    from ..evaluate.runner import resolve_metrics, run
-
     apply_threads(args.threads)
-    metrics = resolve_metrics(args.metrics)
+    check_out(args.out)
     cfg = EvalConfig(
         model=args.model,
         data=args.data,
-        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
-        metrics=tuple(metrics),
+        methods=tuple(parse_methods(args.methods, "--methods")),
+        metrics=tuple(resolve_metrics(args.metrics)),
         n=args.n,
         batch_size=args.batch_size,
         seed=args.seed,

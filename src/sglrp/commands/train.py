@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from .. import train as training
+
 
 def _run(args: argparse.Namespace) -> int:
-    from ..train import fmt, train
-
-    meta = train(
+    meta = training.train(
         args.model,
         args.out,
         epochs=args.epochs,
@@ -29,27 +29,27 @@ def _run(args: argparse.Namespace) -> int:
     final = meta["training"]["final"]
     print(
         f"wrote {args.out} ({meta['bytes'] / 1e6:.2f} MB, sha256 {meta['sha256'][:12]}...): "
-        f"val single {fmt(final['val_single_acc'])}, val multi top-2 "
-        f"{fmt(final['val_multi_top2'])}, {meta['training']['seconds']:.0f} s"
+        f"val single {training.fmt(final['val_single_acc'])}, val multi top-2 "
+        f"{training.fmt(final['val_multi_top2'])}, {meta['training']['seconds']:.0f} s"
     )
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train`` sub-command."""
-    from ..train import MODELS, RECIPES
-
     parser = subparsers.add_parser(
         "train",
         help="train a shape model (weights, .json metadata and .csv log)",
         description="Train a model on generated shape images; every step sees new images. "
         "Writes OUT (weights), OUT.json (metadata with sha256) and OUT.csv (per-epoch log).",
     )
-    parser.add_argument("--model", required=True, choices=sorted(MODELS), help="architecture")
+    parser.add_argument(
+        "--model", required=True, choices=sorted(training.MODELS), help="architecture"
+    )
     parser.add_argument("--out", required=True, help="weights file to write (.pt)")
 
     def shipped(key: str) -> str:
-        return ", ".join(f"{r[key]} for {name}" for name, r in sorted(RECIPES.items()))
+        return ", ".join(f"{r[key]} for {name}" for name, r in sorted(training.RECIPES.items()))
 
     parser.add_argument(
         "--epochs", type=int, default=None, help=f"epochs (default as shipped: {shipped('epochs')})"

@@ -31,7 +31,7 @@ error:
   symlinks to somewhere outside that folder are refused (a symlinked ``JPEGImages/`` itself
   is fine). A name without extension, as in ImageNet's XML, finds ``NAME.JPEG``, ``.jpg``,
   ``.jpeg`` or ``.png``. Annotation and ``SegmentationObject`` files are confined likewise;
-* images larger than :data:`sglrp.imageio.MAX_PIXELS` (or ``max_pixels``) are refused from
+* images larger than :data:`sglrp.images.MAX_PIXELS` (or ``max_pixels``) are refused from
   their header; an optional ``<size>`` must equal the image's size (``0 x 0`` means unknown);
 * boxes: a VOC box covers the pixels ``xmin ... xmax`` inclusive, so its width is
   ``xmax - xmin + 1``. Non-numeric or non-finite (NaN, inf) coordinates, negative widths
@@ -39,7 +39,7 @@ error:
   (``0`` and negative ones included) are clipped to it, with one :class:`ClippedBoxWarning`
   naming the files and objects; a box that lies wholly outside the image is an error.
 
-Pixels are decoded when a sample is accessed, by :func:`sglrp.imageio.load_image` (EXIF
+Pixels are decoded when a sample is accessed, by :func:`sglrp.images.load_image` (EXIF
 orientation applied; grayscale, palette, alpha and 16-bit images converted to 8-bit RGB).
 """
 
@@ -57,8 +57,8 @@ from typing import overload
 import numpy as np
 from PIL import Image
 
-from ..imageio import image_size, load_image, open_image
-from ..io import atomic_path, write_text
+from ..atomic import atomic_path, write_text
+from ..images import image_size, load_image, open_image
 from .shapes import CLASSES, ObjectAnnotation, Sample
 
 __all__ = ["ClippedBoxWarning", "VOCDataset", "export_voc", "load_voc"]
@@ -177,7 +177,7 @@ class VOCDataset(Sequence[Sample]):
         ``True`` gives the filled bounding box as mask.
     max_pixels
         Largest image (width x height) accepted; ``None`` uses
-        :data:`sglrp.imageio.MAX_PIXELS`.
+        :data:`sglrp.images.MAX_PIXELS`.
 
     Attributes
     ----------

@@ -30,7 +30,7 @@ from .shufflenet import shufflenet_v2_x1_0
 from .vgg import vgg11, vgg16, vgg16_bn
 from .vit import VisionTransformer, remap_legacy_mlp_keys, vit_b_16, vit_tiny
 
-__all__ = ["ZOO", "get_model", "load_state_dict_file"]
+__all__ = ["ZOO", "get_model", "load_checked", "load_state_dict_file"]
 
 ZOO: dict[str, Callable[..., nn.Module]] = {
     "vgg11": vgg11,
@@ -93,7 +93,7 @@ def get_model(
     state_dict = None if weights is None else load_state_dict_file(weights)
     model = ZOO[name](num_classes=num_classes)
     if state_dict is not None:
-        _load_checked(model, state_dict, name, num_classes, Path(weights))
+        load_checked(model, state_dict, Path(weights), name, num_classes)
     return model.eval()
 
 
@@ -188,14 +188,35 @@ def head_name(model: nn.Module) -> str | None:
     return head
 
 
-def _load_checked(
+def load_checked(
     model: nn.Module,
-    state_dict: dict[str, torch.Tensor],
-    name: str,
-    num_classes: int,
-    path: Path,
+    state_dict: Mapping[str, torch.Tensor],
+    path: str | os.PathLike[str],
+    name: str | None = None,
+    num_classes: int | None = None,
 ) -> None:
-    """Load ``state_dict`` strictly, raising an explanatory ``ValueError`` if it does not fit."""
+    """Load ``state_dict`` into ``model`` strictly, or raise a one-line ``ValueError``.
+
+    The one fit check of every loader: the message names the missing and unexpected keys and
+    the differing shapes and, for a zoo model (``num_classes`` given), which zoo architecture
+    and ``num_classes`` the file fits instead.
+
+    Parameters
+    ----------
+    model
+        The freshly built model.
+    state_dict
+        Tensors read from ``path``.
+    path
+        The weights file (named in the message).
+    name
+        What the model is (a zoo name, ``module:factory``); default: its class name.
+    num_classes
+        The model's number of classes, for a zoo model.
+    """
+    what = repr(name) if name is not None else type(model).__name__
+    if num_classes is not None:
+        what += f" with num_classes={num_classes}"
     if isinstance(model, DenseNet):
         state_dict = remap_legacy_keys(state_dict)
     elif isinstance(model, VisionTransformer):
@@ -223,16 +244,12 @@ def _load_checked(
             problems.append(f"{len(unexpected)} unexpected keys ({_first(unexpected)})")
         if shapes:
             problems.append(f"{len(shapes)} shape mismatches ({'; '.join(shapes[:_SHOW])})")
-        raise ValueError(
-            f"weights file {path} does not fit {name!r} with num_classes={num_classes}: "
-            + ", ".join(problems)
-            + ". "
-            + _suggest(state_dict, num_classes)
-        )
+        hint = "" if num_classes is None else ". " + _suggest(state_dict, num_classes)
+        raise ValueError(f"weights file {path} does not fit {what}: {', '.join(problems)}{hint}")
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:  # pragma: no cover - the checks above should catch everything
-        raise ValueError(f"weights file {path} does not fit {name!r}: {exc}") from exc
+        raise ValueError(f"weights file {path} does not fit {what}: {exc}") from exc
 
 
 def _suggest(state_dict: Mapping[str, torch.Tensor], num_classes: int) -> str:

@@ -9,16 +9,15 @@
   needed to reproduce the heatmap or the output within a tolerance.
 * :func:`critical_paths`: a ``networkx`` graph of the selected neurons with the relevance
   flowing between adjacent layers, its heaviest path, per-neuron and path heatmaps;
-  :func:`write_graph` (GraphML / JSON) and :func:`draw_graph`.
+  :func:`write_graph` (GraphML / JSON); the figures are drawn by :mod:`sglrp.viz`
+  (:func:`~sglrp.viz.draw_graph`, :func:`~sglrp.viz.neuron_grid`, ...).
 * :func:`deconvnet`: Zeiler & Fergus reconstruction of a neuron's feature map in pixel space.
 """
 
 from .deconv import deconvnet, deconvnet_display, feature_chain
-from .figures import error_curves, neuron_grid, path_figure
 from .graph import (
     CriticalPaths,
     critical_paths,
-    draw_graph,
     graph_to_json,
     heaviest_path,
     neuron_flows,
@@ -61,19 +60,15 @@ __all__ = [
     "deconvnet",
     "deconvnet_display",
     "default_ks",
-    "draw_graph",
-    "error_curves",
     "feature_chain",
     "graph_to_json",
     "heaviest_path",
     "mse",
     "neuron_flows",
-    "neuron_grid",
     "neuron_layers",
     "neuron_relevance",
     "node_id",
     "parse_node",
-    "path_figure",
     "path_relevance",
     "propagate_masked",
     "restricted_relevance",

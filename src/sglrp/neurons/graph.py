@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..io import atomic_path, write_json
+from ..atomic import atomic_path, write_json
 from ..presets import Bounds
 from ..propagation import RulesSpec
 from ..propagation.output import OutputRelevance
@@ -53,13 +53,13 @@ from .relevance import (
     as_masks,
     neuron_relevance,
     propagate_masked,
+    restricted_relevance,
 )
 from .selection import select
 
 __all__ = [
     "CriticalPaths",
     "critical_paths",
-    "draw_graph",
     "graph_to_json",
     "heaviest_path",
     "neuron_flows",
@@ -274,8 +274,6 @@ def path_relevance(
     skipped, so :attr:`CriticalPaths.path` works as it is); at each of its layers only that
     one neuron passes relevance (other layers are unrestricted).
     """
-    from .relevance import restricted_relevance
-
     neurons = [
         parse_node(p) if isinstance(p, str) else (str(p[0]), int(p[1]))
         for p in path
@@ -536,129 +534,3 @@ def _scalar(value: object) -> object:
     if isinstance(value, np.generic):
         return value.item()
     return json.dumps(value) if value is not None else ""
-
-
-# --------------------------------------------------------------------------- drawing
-
-
-def draw_graph(
-    graph: nx.DiGraph,
-    path: str | os.PathLike | None = None,
-    *,
-    title: str | None = None,
-    dpi: float = 150,
-    max_width: float = 6.0,
-):
-    """Layered drawing: one column per layer (input left, output right).
-
-    Nodes are coloured by their relevance (red positive, blue negative, scaled per layer),
-    edge width is proportional to :math:`|\\text{flow}|` (red positive, blue negative flow),
-    and the heaviest path (edges with ``on_path``) is outlined in black.
-
-    Returns the ``matplotlib.figure.Figure``; with ``path`` it is also written as a PNG.
-    """
-    from matplotlib import colormaps
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from ..viz import _save_figure
-
-    columns: dict[int, list[str]] = {}
-    for n, data in graph.nodes(data=True):
-        columns.setdefault(int(data["depth"]), []).append(n)
-    depths = sorted(columns)
-    tallest = max(len(v) for v in columns.values())
-    fig_w = max(6.0, 0.95 * len(depths) + 1.5)
-    fig_h = max(3.0, 0.5 * tallest + 1.6)
-    fig = Figure(figsize=(fig_w, fig_h), dpi=dpi)
-    FigureCanvasAgg(fig)
-    ax = fig.add_axes((0.02, 0.08, 0.96, 0.82))
-    pos: dict[str, tuple[float, float]] = {}
-    for d in depths:
-        nodes = sorted(columns[d], key=lambda n: -graph.nodes[n]["relevance"])
-        m = len(nodes)
-        for j, n in enumerate(nodes):
-            pos[n] = (float(d), (m - 1) / 2.0 - j)
-    # width proportional to |flow|, scaled per pair of layers (restricted relevance shrinks
-    # from layer to layer); at least a hairline, so zero-flow edges stay visible
-    gap_max: dict[int, float] = {}
-    for a, _, data in graph.edges(data=True):
-        d = int(graph.nodes[a]["depth"])
-        gap_max[d] = max(gap_max.get(d, 0.0), abs(float(data.get("flow", 0.0))))
-    ordered = sorted(graph.edges(data=True), key=lambda e: bool(e[2].get("on_path")))
-    for a, b, data in ordered:
-        flow = float(data.get("flow", 0.0))
-        fmax = gap_max[int(graph.nodes[a]["depth"])] or 1.0
-        width = max_width * abs(flow) / fmax
-        (x0, y0), (x1, y1) = pos[a], pos[b]
-        color = (0.80, 0.10, 0.10) if flow >= 0 else (0.15, 0.30, 0.85)
-        if data.get("on_path"):
-            ax.plot(
-                [x0, x1],
-                [y0, y1],
-                color="black",
-                lw=width + 2.4,
-                zorder=2,
-                alpha=0.9,
-                solid_capstyle="round",
-            )
-        ax.plot(
-            [x0, x1],
-            [y0, y1],
-            color=color,
-            lw=max(width, 0.25),
-            zorder=3,
-            alpha=0.9 if data.get("on_path") else 0.55,
-            solid_capstyle="round",
-        )
-    cmap = colormaps["bwr"]
-    layer_max: dict[int, float] = {}
-    for _, data in graph.nodes(data=True):
-        d = int(data["depth"])
-        layer_max[d] = max(layer_max.get(d, 0.0), abs(float(data["relevance"])))
-    for n, data in graph.nodes(data=True):
-        d = int(data["depth"])
-        scale = layer_max[d] if layer_max[d] > 0 else 1.0
-        value = 0.5 + 0.5 * float(data["relevance"]) / scale
-        special = n in ("input", "output")
-        ax.scatter(
-            [pos[n][0]],
-            [pos[n][1]],
-            s=520 if special else 300,
-            c=[(1.0, 0.85, 0.35) if special else cmap(value)],
-            edgecolors="black",
-            linewidths=2.0 if data.get("on_path") else 0.8,
-            zorder=4,
-            marker="s" if special else "o",
-        )
-        label = "in" if n == "input" else ("out" if n == "output" else str(data["label"]))
-        ax.text(pos[n][0], pos[n][1], label, ha="center", va="center", fontsize=6.5, zorder=5)
-    lows = min(p[1] for p in pos.values())
-    highs = max(p[1] for p in pos.values())
-    names = {int(data["depth"]): str(data["layer"]) for _, data in graph.nodes(data=True)}
-    names[max(depths)] = f"output\n{graph.graph.get('target_name', '')}"
-    for d in depths:
-        ax.text(d, lows - 0.6, names[d], ha="center", va="top", fontsize=7)
-    ax.set_xlim(min(depths) - 0.6, max(depths) + 0.6)
-    ax.set_ylim(lows - 1.3, highs + 0.6)
-    ax.axis("off")
-    if title is None:
-        prob = graph.graph.get("probability")
-        title = (
-            f"{graph.graph.get('method', '').upper()} critical paths for "
-            f"'{graph.graph.get('target_name', '')}'"
-            + (f" (p = {prob:.2f})" if isinstance(prob, float) else "")
-        )
-    fig.suptitle(title, fontsize=10)
-    fig.text(
-        0.5,
-        0.015,
-        "node colour: neuron relevance (red +, blue -, scaled per layer); edge width: |relevance"
-        " flow| (red +, blue -, scaled per pair of layers); black outline: heaviest path",
-        ha="center",
-        fontsize=6.5,
-        color="0.3",
-    )
-    if path is not None:
-        _save_figure(fig, path, dpi)
-    return fig

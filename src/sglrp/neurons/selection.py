@@ -27,6 +27,7 @@ from ..targets import TargetSpec
 from .relevance import (
     _mask_sites,
     ablated_logits,
+    neuron_relevance,
     propagate_masked,
 )
 
@@ -271,8 +272,6 @@ def selection_curve(
     the full ones. All k are computed in batched passes of at most ``batch_size`` copies of
     the input.
     """
-    from .relevance import neuron_relevance
-
     layers = list(layers)
     if not layers:
         raise ValueError("layers is empty; name at least one conv or linear layer")

@@ -4,301 +4,24 @@ Every image is embedded as a base64 ``data:`` URI, so the page opens from disk w
 network and can be mailed as a single file. The page holds the comparison grids, the curve
 plots, one table per measure with the best method marked (by the measure's direction), and a
 plain-language summary written from the numbers in ``metrics.json``. ``summary.md`` beside
-it has the same tables and summary as Markdown, for a README or a results file.
+it has the same tables and summary as Markdown, for a README or a results file. The findings'
+text is :mod:`sglrp.app.findings`, the comparison grids :mod:`sglrp.app.grids`.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import torch
+from ..atomic import write_text
+from .findings import SUBSETS, curve_means, digits, label, number, subset_best, summary_paragraphs
+from .plots import PLOTS
 
-from .evaluate.runner import (
-    METHOD_LABELS,
-    PLOTS,
-    DataSource,
-    ModelBundle,
-    explain_relevance,
-)
-from .io import write_text
-
-__all__ = [
-    "comparison_rows",
-    "render_html",
-    "render_markdown",
-    "subset_best",
-    "summary_paragraphs",
-    "winners_table",
-    "write_grid",
-    "write_report",
-]
-
-
-def label(method: str) -> str:
-    """Display name of a method."""
-    return METHOD_LABELS.get(method, method)
-
-
-# ----------------------------------------------------------------------------- grids
-
-
-def comparison_rows(
-    bundle: ModelBundle, source: DataSource, indices: Sequence[int]
-) -> tuple[torch.Tensor, list[int], list[int], list[str]]:
-    """One row per (image, present class): the inputs, image positions, targets and titles.
-
-    Titles name the image, the target class with its probability, every class present and
-    the model's top-1 class with its probability.
-    """
-    from .data import to_tensor
-
-    samples = [source.load(i) for i in indices]
-    x = to_tensor([s.image for s in samples], bundle.mean, bundle.std)
-    with torch.no_grad():
-        probs = bundle.model(x).double().softmax(dim=1)
-    rows, targets, titles = [], [], []
-    names = bundle.classes
-    for i, s in enumerate(samples):
-        present = list(dict.fromkeys(s.labels))
-        top = int(probs[i].argmax())
-        for c in present:
-            rows.append(i)
-            targets.append(int(c))
-            others = ", ".join(names[k] for k in present if k != c)
-            titles.append(
-                f"{source.ids[indices[i]]}: target {names[c]} (p={float(probs[i, c]):.2f})"
-                f" | also present: {others or '-'}"
-                f" | top-1: {names[top]} ({float(probs[i, top]):.2f})"
-            )
-    return x[rows], rows, targets, titles
-
-
-def write_grid(
-    bundle: ModelBundle,
-    source: DataSource,
-    indices: Sequence[int],
-    methods: Sequence[str],
-    path: str | Path,
-    seed: int = 0,
-) -> Path:
-    """Comparison grid PNG: rows = image x present class, columns = methods (positive maps)."""
-    from .viz import comparison_grid
-
-    x, _, targets, titles = comparison_rows(bundle, source, indices)
-    t = torch.tensor(targets, dtype=torch.long)
-    maps = {label(m): explain_relevance(bundle, x, t, m, seed) for m in methods}
-    fig = comparison_grid(
-        x,
-        maps,
-        row_titles=titles,
-        signed=False,
-        mean=bundle.mean,
-        std=bundle.std,
-        path=path,
-        cell_size=1.45,
-        dpi=100,
-    )
-    del fig
-    return Path(path)
-
-
-# ----------------------------------------------------------------------------- numbers
-
-
-def _num(v: float | None, digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "n/a"
-    text = f"{v:.{digits}f}"
-    return text[1:] if text.startswith("-") and not text.strip("-0.") else text
-
-
-def _digits(entry: Mapping[str, Any]) -> int:
-    means = [abs(s["mean"]) for s in entry["methods"].values() if s["mean"] is not None]
-    biggest = max(means, default=1.0)
-    if biggest >= 10:
-        return 1
-    if biggest < 0.01:
-        return 5
-    return 3
-
-
-def _ranges(levels: Sequence[float], mask: Sequence[bool], fmt: str = "{:g}") -> str:
-    """``0.05-0.3, 0.8-1`` style text of the levels where ``mask`` holds."""
-    parts, start = [], None
-    for i, ok in enumerate([*mask, False]):
-        if ok and start is None:
-            start = i
-        elif not ok and start is not None:
-            a, b = levels[start], levels[i - 1]
-            parts.append(fmt.format(a) if start == i - 1 else f"{fmt.format(a)}-{fmt.format(b)}")
-            start = None
-    return ", ".join(parts)
-
-
-def _curve_means(entry: Mapping[str, Any], method: str) -> list[float] | None:
-    st = entry["methods"].get(method)
-    if not st or "curve" not in st:
-        return None
-    return [math.nan if c["mean"] is None else c["mean"] for c in st["curve"]]
-
-
-def _compare_curves(
-    entry: Mapping[str, Any], a: str, b: str
-) -> tuple[list[float], list[bool]] | None:
-    """Levels and where ``a`` is better than ``b`` (by direction) at each level."""
-    ca, cb = _curve_means(entry, a), _curve_means(entry, b)
-    if ca is None or cb is None or not entry.get("levels"):
-        return None
-    higher = entry["direction"] == "higher"
-    better = [(x > y) if higher else (x < y) for x, y in zip(ca, cb, strict=True)]
-    return list(entry["levels"]), better
-
-
-def summary_paragraphs(data: Mapping[str, Any]) -> list[str]:
-    """Plain-language findings written from ``metrics.json``; each item one paragraph (text)."""
-    metrics = data["metrics"]
-    methods = data["methods"]
-    out: list[str] = []
-    wins: dict[str, list[str]] = {m: [] for m in methods}
-    for entry in metrics.values():
-        if entry.get("best") is not None:
-            wins[entry["best"]].append(entry["title"])
-    ranked = sorted(methods, key=lambda m: -len(wins[m]))
-    total = sum(len(v) for v in wins.values())
-    tally = ", ".join(f"{label(m)} {len(wins[m])}" for m in ranked if wins[m])
-    out.append(f"Wins per method over {total} measures: {tally or 'none'}.")
-
-    if "sglrp" in methods:
-        lost = [e for e in metrics.values() if e.get("best") not in (None, "sglrp")]
-        won = [e for e in metrics.values() if e.get("best") == "sglrp"]
-        if won:
-            out.append(
-                "SGLRP wins: " + "; ".join(e["title"] for e in won) + "."
-                if len(won) < len(metrics)
-                else "SGLRP wins every measure."
-            )
-        else:
-            out.append("SGLRP does not win any measure.")
-        if lost:
-            parts = []
-            for e in lost:
-                rank = e["ranking"].index("sglrp") + 1 if "sglrp" in e["ranking"] else None
-                d = _digits(e)
-                parts.append(
-                    f"{e['title']} (best {label(e['best'])} "
-                    f"{_num(e['methods'][e['best']]['mean'], d)}, SGLRP "
-                    f"{_num(e['methods']['sglrp']['mean'], d)}, rank {rank} of "
-                    f"{len(e['ranking'])})"
-                )
-            out.append("SGLRP does not win: " + "; ".join(parts) + ".")
-    multi_wins = []
-    for e in metrics.values():
-        mb = subset_best(e, "multi_object")
-        if mb is not None and mb != e.get("best"):
-            multi_wins.append(f"{e['title']}: {label(mb)} (overall: {label(e['best'])})")
-    if multi_wins:
-        out.append(
-            "On multi-object images alone (where an explanation must pick out the target "
-            "among several objects) the winner changes: " + "; ".join(multi_wins) + "."
-        )
-    out.extend(_paper_checks(metrics, methods))
-    if "random" in methods:
-        first, behind = [], []
-        for e in metrics.values():
-            ranking = e.get("ranking") or []
-            if not ranking or "random" not in ranking:
-                continue
-            if ranking[0] == "random":
-                first.append(e["title"])
-                continue
-            losers = ranking[ranking.index("random") + 1 :]
-            if losers:
-                names = ", ".join(label(m) for m in losers)
-                behind.append(f"{e['title']} ({names})")
-        if first:
-            out.append(
-                "The Random baseline ranks first on: "
-                + "; ".join(first)
-                + ". On these measures no method beats chance here; read them with care."
-            )
-        if behind:
-            out.append("Methods scoring worse than Random: " + "; ".join(behind) + ".")
-    return out
-
-
-def _paper_checks(metrics: Mapping[str, Any], methods: Sequence[str]) -> list[str]:
-    """Compare with the SGLRP paper's claims where the measures are present."""
-    out = []
-    epg = metrics.get("extended_pointing_game")
-    if epg and "sglrp" in methods and "guided_gradcam" in methods:
-        cmp = _compare_curves(epg, "sglrp", "guided_gradcam")
-        if cmp:
-            levels, better = cmp
-            if all(better):
-                where = "at every energy level"
-            elif not any(better):
-                where = "at no energy level"
-            else:
-                where = f"at E = {_ranges(levels, better)}"
-            out.append(
-                f"Pointing game curve: SGLRP's pointing accuracy is above Guided Grad-CAM's "
-                f"{where} (paper: SGLRP overtakes Guided Grad-CAM for E >= 0.67)."
-            )
-    for key, what in (
-        ("patch_masking", "ground-truth target"),
-        ("patch_masking_second", "second most probable target"),
-    ):
-        e = metrics.get(key)
-        if not e or "sglrp" not in methods:
-            continue
-        parts = []
-        for other in ("lrp", "clrp", "guided_gradcam"):
-            if other not in methods:
-                continue
-            cmp = _compare_curves(e, "sglrp", other)
-            if not cmp:
-                continue
-            levels, better = cmp
-            if all(better):
-                where = "at every patch size"
-            elif not any(better):
-                where = "at no patch size"
-            else:
-                where = "at p = " + ", ".join(
-                    f"{lv:g}" for lv, ok in zip(levels, better, strict=True) if ok
-                )
-            parts.append(f"more than {label(other)} {where}")
-        if parts:
-            out.append(
-                f"Patch masking ({what}): SGLRP's maximum lowers the target probability "
-                + "; ".join(parts)
-                + " (paper: more than LRP and CLRP at every p)."
-            )
-    return out
-
-
-# ----------------------------------------------------------------------------- HTML
-
-
-SUBSETS = (("single_object", "single-object"), ("multi_object", "multi-object"))
-
-
-def subset_best(entry: Mapping[str, Any], subset: str) -> str | None:
-    """Best method (by direction) over the units of one subset, or None without data."""
-    means = {
-        m: st.get("subsets", {}).get(subset, {}).get("mean") for m, st in entry["methods"].items()
-    }
-    means = {m: v for m, v in means.items() if v is not None}
-    if not means:
-        return None
-    pick = max if entry["direction"] == "higher" else min
-    return pick(means, key=means.get)
+__all__ = ["render_html", "render_markdown", "winners_table", "write_report"]
 
 
 def winners_table(data: Mapping[str, Any]) -> str:
@@ -307,10 +30,10 @@ def winners_table(data: Mapping[str, Any]) -> str:
     for key, e in data["metrics"].items():
         if e.get("best") is None:
             continue
-        d = _digits(e)
+        d = digits(e)
         ru = e.get("runner_up")
-        best = f"{html.escape(label(e['best']))} ({_num(e['methods'][e['best']]['mean'], d)})"
-        second = f"{html.escape(label(ru))} ({_num(e['methods'][ru]['mean'], d)})" if ru else "-"
+        best = f"{html.escape(label(e['best']))} ({number(e['methods'][e['best']]['mean'], d)})"
+        second = f"{html.escape(label(ru))} ({number(e['methods'][ru]['mean'], d)})" if ru else "-"
         lead = "clear" if e.get("clear") else "within noise"
         sg = "-"
         if "sglrp" in e["ranking"]:
@@ -319,7 +42,7 @@ def winners_table(data: Mapping[str, Any]) -> str:
         multi = "-"
         if mb is not None:
             v = e["methods"][mb]["subsets"]["multi_object"]["mean"]
-            multi = f"{html.escape(label(mb))} ({_num(v, d)})"
+            multi = f"{html.escape(label(mb))} ({number(v, d)})"
         rows.append(
             f"<tr><td><a href='#{html.escape(key)}'>{html.escape(e['title'])}</a></td>"
             f"<td>{e['direction']}</td><td>{best}</td><td>{second}</td><td>{lead}</td>"
@@ -339,7 +62,7 @@ def _data_uri(path: Path) -> str:
 
 
 def _table(key: str, entry: Mapping[str, Any], methods: Sequence[str]) -> str:
-    d = _digits(entry)
+    d = digits(entry)
     better = "higher" if entry["direction"] == "higher" else "lower"
     levels = entry.get("levels") or []
     show: list[int] = []
@@ -375,14 +98,14 @@ def _table(key: str, entry: Mapping[str, Any], methods: Sequence[str]) -> str:
             continue
         is_best = m == entry.get("best")
         name = html.escape(label(m)) + (" &#9733;" if is_best else "")
-        ci = f"{_num(st['mean'], d)} [{_num(st['low'], d)}, {_num(st['high'], d)}]"
+        ci = f"{number(st['mean'], d)} [{number(st['low'], d)}, {number(st['high'], d)}]"
         cells = [f"<td>{name}</td>", f"<td>{ci}</td>", f"<td>{st['n']}</td>"]
         for k, _ in subsets:
-            v = _num(st.get("subsets", {}).get(k, {}).get("mean"), d)
+            v = number(st.get("subsets", {}).get(k, {}).get("mean"), d)
             cells.append(f"<td class='best'>{v}</td>" if sub_best[k] == m else f"<td>{v}</td>")
         for i in show:
             c = st.get("curve", [None] * (i + 1))[i]
-            v = _num(c["mean"] if c else None, d)
+            v = number(c["mean"] if c else None, d)
             cells.append(
                 f"<td class='best'>{v}</td>" if best_level.get(i) == m else f"<td>{v}</td>"
             )
@@ -397,8 +120,8 @@ def _table(key: str, entry: Mapping[str, Any], methods: Sequence[str]) -> str:
         diff = entry["best_vs_runner_up"]
         note += (
             f" Best minus runner-up ({html.escape(label(entry['runner_up']))}), paired over the "
-            f"same units: {_num(diff['mean'], d)} [{_num(diff['low'], d)}, "
-            f"{_num(diff['high'], d)}]" + (" (clear)." if entry.get("clear") else " (not clear).")
+            f"same units: {number(diff['mean'], d)} [{number(diff['low'], d)}, "
+            f"{number(diff['high'], d)}]" + (" (clear)." if entry.get("clear") else " (not clear).")
         )
     return (
         f"<h3 id='{html.escape(key)}'>{html.escape(entry['title'])}</h3>"
@@ -439,7 +162,7 @@ def render_html(
     esc = html.escape
     acc = data.get("model_accuracy", {})
     acc_text = "; ".join(
-        f"{k}-object images: top-1 among the present classes {_num(v['top1'], 3)} "
+        f"{k}-object images: top-1 among the present classes {number(v['top1'], 3)} "
         f"({v['images']} images)"
         for k, v in acc.items()
         if v.get("images")
@@ -456,11 +179,6 @@ def render_html(
         f"units, {data['n_units'].get('second', 0)} second-target units); methods: "
         f"{esc(', '.join(label(m) for m in methods))}.",
     ]
-    if data.get("skipped_methods"):
-        parts.append(
-            f" Not available in this installation and skipped: "
-            f"{esc(', '.join(data['skipped_methods']))}."
-        )
     if acc_text:
         parts.append(f"<br>Classifier: {esc(acc_text)}.")
     empty = {m: k for m, k in data.get("empty_maps", {}).items() if k}
@@ -577,7 +295,7 @@ def _md_curve(entry: Mapping[str, Any], methods: Sequence[str]) -> list[str]:
     name = entry.get("level_name", "level").split()[-1]
     rows = []
     for m in methods:
-        curve = _curve_means(entry, m)
+        curve = curve_means(entry, m)
         if curve is None:
             continue
         rows.append([label(m), *(f"{curve[i]:{sign}.4f}" for i in picks)])
@@ -592,10 +310,10 @@ def render_markdown(data: Mapping[str, Any]) -> str:
     lines = [f"# {data.get('model', 'model')}: comparison of {len(methods)} methods", ""]
     rows = []
     for e in metrics.values():
-        d = _digits(e)
+        d = digits(e)
         cells = []
         for m in methods:
-            text = _num(e["methods"].get(m, {}).get("mean"), d)
+            text = number(e["methods"].get(m, {}).get("mean"), d)
             cells.append(f"**{text}**" if m == e.get("best") else text)
         rows.append([e["title"], e["direction"], *cells])
     lines += _md_table(["measure", "better", *(label(m) for m in methods)], rows)

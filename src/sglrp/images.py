@@ -49,7 +49,7 @@ _HIGH_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 #: Largest image, in pixels (width x height), that is decoded: 50 megapixels, 150 MB as 8-bit
 #: RGB. Larger files are refused from their header, before any pixel is decoded. Raise it
-#: (``sglrp.imageio.MAX_PIXELS = ...``) or pass ``max_pixels=`` to read larger images; beyond
+#: (``sglrp.images.MAX_PIXELS = ...``) or pass ``max_pixels=`` to read larger images; beyond
 #: ``2 * PIL.Image.MAX_IMAGE_PIXELS`` (about 179 megapixels) Pillow refuses them too.
 MAX_PIXELS: int = 50_000_000
 
@@ -101,7 +101,7 @@ def open_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Ite
                     raise ImageTooLargeError(
                         f"{path}: image is {w}x{h} = {w * h / 1e6:.1f} megapixels, over the "
                         f"limit of {limit / 1e6:g} megapixels; shrink the image, or raise "
-                        "sglrp.imageio.MAX_PIXELS (or pass max_pixels=) to read it"
+                        "sglrp.images.MAX_PIXELS (or pass max_pixels=) to read it"
                     )
                 yield im
     except ImageTooLargeError:
@@ -111,7 +111,7 @@ def open_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> Ite
     except Image.DecompressionBombError as err:
         raise ImageTooLargeError(
             f"cannot read image {path}: {err} Raise PIL.Image.MAX_IMAGE_PIXELS as well as "
-            "sglrp.imageio.MAX_PIXELS to read it"
+            "sglrp.images.MAX_PIXELS to read it"
         ) from err
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         # Pillow raises OSError for truncated data, SyntaxError/ValueError for bad headers

@@ -87,7 +87,7 @@ class MetricResult:
     Attributes
     ----------
     name
-        Metric name (a key of ``sglrp.evaluate.METRICS``).
+        Metric name (a key of ``sglrp.metrics.METRICS``).
     direction
         ``"higher"`` or ``"lower"``: which way is better.
     scores

@@ -1,0 +1,47 @@
+"""Class names on the command line: the ``--target`` option read against a model's classes."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+
+__all__ = ["class_name", "resolve_target"]
+
+
+def class_name(classes: Sequence[str] | None, index: int) -> str:
+    """Name of class ``index``, or ``"class <index>"`` without names."""
+    return classes[index] if classes else f"class {index}"
+
+
+def resolve_target(spec: str, classes: Sequence[str] | None, num_classes: int) -> str | int:
+    """``"predicted"``/``"second"`` as they are; an index or class name -> class index."""
+    spec = spec.strip()
+    if spec in ("predicted", "second"):
+        if spec == "second" and num_classes < 2:
+            raise ValueError("--target second needs a model with at least 2 classes")
+        return spec
+    if spec.lstrip("-").isdigit():
+        index = int(spec)
+        if not 0 <= index < num_classes:
+            raise ValueError(
+                f"--target {index} is out of range: the model has classes 0 ... {num_classes - 1}"
+            )
+        return index
+    if not classes:
+        raise ValueError(
+            f"--target {spec!r} is a class name but the model has no class names; pass "
+            f"--labels FILE or a class index 0 ... {num_classes - 1}"
+        )
+    for norm in (lambda s: s, lambda s: s.casefold().replace("_", " ").replace("-", " ")):
+        hits = [i for i, c in enumerate(classes) if norm(c) == norm(spec)]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise ValueError(
+                f"--target {spec!r} names several classes ({', '.join(map(str, hits))}); "
+                "pass the class index"
+            )
+    close = difflib.get_close_matches(spec, list(classes), n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    shown = ", ".join(list(classes)[:8]) + (", ..." if len(classes) > 8 else "")
+    raise ValueError(f"unknown class name {spec!r}.{hint} Valid names ({len(classes)}): {shown}")

@@ -1,0 +1,176 @@
+"""The evaluation runner behind ``sglrp evaluate`` and ``sglrp reproduce``.
+
+For each batch of images the runner computes every method's relevance map for every
+*unit* and every metric on those maps:
+
+* ground-truth units: one per class present in an image (each object class of a
+  multi-object image, the label of a single-object image). Every metric is measured on them.
+* second-target units: one per image, the model's second most probable class; only
+  maximal patch masking is measured on them (``patch_masking_second``), as in CLRP/SGLRP.
+
+Every metric sees the paper's display map: positive relevance summed over colour channels
+(:func:`sglrp.heatmap` without normalisation). Localisation ground truth: the extended
+pointing game uses the target's bounding boxes (SGLRP paper, eqs. 11-12); the classic
+pointing game, relevance mass and relevance rank use the object masks (boxes when a data set
+has no masks). The classic game's 15 px tolerance is for 224 px images and is scaled to the
+image size (about 4.3 px at 64 px). A map without positive relevance (LRP's z+ maps for a
+target with a negative logit, for instance) locates nothing: it scores 0 in the extended
+pointing game and relevance mass instead of being left out, so every method is averaged over
+the same units; ``metrics.json`` counts such maps per method (``empty_maps``).
+
+Streaming and resuming: each process appends one JSON line per finished batch to
+``OUT/parts/rank<r>.jsonl`` (flushed and synced), so an interrupted run started again with
+the same settings skips every batch already on disk. At the end rank 0 merges everything into
+``OUT/results.jsonl`` and writes ``metrics.json`` (aggregates with 95 % intervals, direction,
+best method), ``metrics.csv`` and the curve plots. Under ``torchrun`` the batches are shared
+round-robin between the ranks (:mod:`sglrp.app.distributed`); the result equals the
+single-process one because every batch is formed exactly as in a single process.
+
+The parts: :mod:`~sglrp.app.config` (settings, measures), :mod:`~sglrp.app.sources` (images),
+:mod:`~sglrp.app.batch` (maps and metrics of one batch), :mod:`~sglrp.app.store` (the run
+directory), :mod:`~sglrp.app.summary` (aggregates), :mod:`~sglrp.app.plots` (curves).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from .. import loading
+from ..atomic import write_json
+from ..loading import ModelBundle
+from . import distributed
+from .batch import compute_batch
+from .config import EvalConfig, resolve_methods, resolve_metrics
+from .plots import write_plots
+from .sources import batches, open_data
+from .store import append_record, check_run, clear_state, read_records, rewrite_valid, write_results
+from .summary import metrics_document, write_csv
+
+__all__ = ["load_model", "run", "write_outputs"]
+
+
+def load_model(spec: str) -> ModelBundle:
+    """The model of ``spec`` (:func:`sglrp.loading.load_model`); it must name its classes."""
+    bundle = loading.load_model(spec)
+    if not bundle.classes:
+        raise ValueError(
+            f"--model {spec}: evaluation needs the model's class names; use a shipped model or "
+            "a weights file written by `sglrp train` (its JSON lists the classes)"
+        )
+    return bundle
+
+
+def run(
+    cfg: EvalConfig,
+    out: str | os.PathLike,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    restart_on_change: bool = False,
+) -> dict[str, Any] | None:
+    """Evaluate, resuming from ``out`` when it holds finished batches of the same settings.
+
+    Under ``torchrun`` each rank computes its share of the batches and rank 0 merges.
+    Results of different settings in ``out`` are an error, or are discarded with
+    ``restart_on_change``.
+
+    Returns
+    -------
+    dict or None
+        The ``metrics.json`` content on rank 0, ``None`` on the other ranks.
+    """
+    start = time.perf_counter()
+    if isinstance(cfg.steps, bool) or not isinstance(cfg.steps, int) or cfg.steps < 1:
+        raise ValueError(f"--steps must be a positive integer, got {cfg.steps!r}")
+    methods = resolve_methods(cfg.methods)
+    metrics = resolve_metrics(cfg.metrics)
+    out = Path(out)
+    with distributed.setup(cfg.device) as info:
+        say = (log or (lambda s: print(s, file=sys.stderr))) if info.is_root else (lambda s: None)
+        bundle = load_model(cfg.model)
+        bundle.model.to(info.device)
+        source = open_data(cfg.data, cfg.n, cfg.seed, bundle)
+        plan = batches(len(source), cfg.batch_size)
+        identity = {**cfg.identity(), "weights": bundle.weights}
+        changed = check_run(out, identity, restart_on_change)
+        distributed.barrier(info)
+        if info.is_root:
+            if changed:
+                say(f"{out} holds results of other settings; starting afresh")
+                clear_state(out)
+            write_json(out / "run.json", {"settings": identity})
+        distributed.barrier(info)
+        known = read_records(out)
+        reused = len(known)
+        for b, rec in known.items():
+            expected = [source.ids[i] for i in plan[b]] if b < len(plan) else None
+            if rec.get("images") != expected:
+                raise ValueError(
+                    f"{out} holds results for other images (batch {b}); "
+                    "pass a new --out folder or delete the old one"
+                )
+        distributed.barrier(info)
+        mine = distributed.shard(list(range(len(plan))), info)
+        todo = [b for b in mine if b not in known]
+        if known:
+            say(f"resuming: {len(known)} of {len(plan)} batches already done in {out}")
+        part = out / "parts" / f"rank{info.rank}.jsonl"
+        part.parent.mkdir(parents=True, exist_ok=True)
+        rewrite_valid(part)
+        with (
+            open(part, "a", encoding="utf-8") as handle,
+            tqdm(
+                total=len(todo),
+                desc=f"evaluating {len(methods)} methods",
+                unit="batch",
+                disable=not (progress and info.is_root),
+                file=sys.stderr,
+            ) as bar,
+        ):
+            for b in todo:
+                rec = compute_batch(bundle, source, plan[b], cfg, methods, metrics, b, info.device)
+                append_record(handle, rec)
+                known[b] = rec
+                bar.update(1)
+        gathered = distributed.gather_to_root([known[b] for b in mine], info)
+        if not info.is_root:
+            return None
+        merged = dict(known)
+        for recs in gathered or []:
+            for rec in recs:
+                merged[int(rec["batch"])] = rec
+        missing = [b for b in range(len(plan)) if b not in merged]
+        if missing:
+            raise RuntimeError(f"batches {missing[:5]} are missing after the run; run it again")
+        seconds = time.perf_counter() - start
+        return write_outputs(out, merged, cfg, bundle, methods, metrics, seconds, reused)
+
+
+def write_outputs(
+    out: Path,
+    records: Mapping[int, Mapping[str, Any]],
+    cfg: EvalConfig,
+    bundle: ModelBundle,
+    methods: Sequence[str],
+    metrics: Sequence[str],
+    seconds: float,
+    reused: int = 0,
+) -> dict[str, Any]:
+    """Write ``results.jsonl`` (merged), ``metrics.json``, ``metrics.csv`` and the plots.
+
+    ``seconds`` is this invocation's time; ``reused`` the number of batches it found on disk.
+    Returns the ``metrics.json`` content.
+    """
+    write_results(out, records)
+    data = metrics_document(records, cfg, bundle, methods, metrics, seconds, reused)
+    write_json(out / "metrics.json", data)
+    write_csv(out / "metrics.csv", data["metrics"])
+    write_plots(out, data["metrics"])
+    return data

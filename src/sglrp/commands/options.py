@@ -1,0 +1,140 @@
+"""Options shared by the commands, and the parsing and checking of their values.
+
+Method names, their help and their checks come from the method registry
+(:func:`sglrp.methods.available`); a method registered before the parser is built is offered
+by every command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ..loading import SHIPPED
+from ..methods import available, get
+
+__all__ = [
+    "add_compute_options",
+    "add_model_options",
+    "add_run_options",
+    "apply_threads",
+    "check_out",
+    "method_help",
+    "parse_floats",
+    "parse_methods",
+]
+
+
+def add_model_options(
+    parser: argparse.ArgumentParser,
+    *,
+    default: str | None = None,
+    weights: bool = True,
+    classes: bool = True,
+) -> None:
+    """``--model`` (``--weights``, ``--num-classes``): the spec :mod:`sglrp.loading` reads."""
+    parser.add_argument(
+        "--model",
+        required=default is None,
+        default=default,
+        metavar="MODEL",
+        help=(
+            f"a shipped model ({', '.join(SHIPPED)}), a zoo name with --weights (e.g. "
+            "resnet18), a weights file from `sglrp train`, a TorchScript file (model.pt), or "
+            "module:factory" + (f" (default: {default})" if default else "")
+        ),
+    )
+    if weights:
+        parser.add_argument(
+            "--weights", metavar="FILE", help="state_dict file (torch.save(model.state_dict()))"
+        )
+    if classes:
+        parser.add_argument("--num-classes", type=int, metavar="N", help="number of model outputs")
+
+
+def add_compute_options(parser: argparse.ArgumentParser, *, device: bool = True) -> None:
+    """``--threads`` (and ``--device``)."""
+    if device:
+        parser.add_argument(
+            "--device", default="auto", choices=("auto", "cpu", "cuda"), help="compute device"
+        )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads per process (default: PyTorch's choice; 1 helps on a busy machine)",
+    )
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Options of the evaluation commands (``evaluate``, ``reproduce``)."""
+    add_model_options(parser, default="shapes_vgg", weights=False, classes=False)
+    parser.add_argument(
+        "--data",
+        default="builtin",
+        help="'builtin' (generated multi- and single-object images) or a VOC folder",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="data and random-baseline seed")
+    add_compute_options(parser)
+    parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+
+
+def apply_threads(threads: int | None) -> None:
+    """Set PyTorch's intra-op thread count when asked."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"--threads must be a positive integer, got {threads}")
+    torch.set_num_threads(threads)
+
+
+def check_out(out: str | os.PathLike, option: str = "--out") -> Path:
+    """Refuse an output folder that is a file or cannot be written, before any work.
+
+    Nothing is created: the folder is made when the first output is written.
+    """
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {path} is a file; pass a folder")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path}: {existing} is not writable; pass another folder")
+    return path
+
+
+def method_help(default: Sequence[str]) -> str:
+    """Help of a methods option: the registered names and the default."""
+    return f"comma-separated methods, from {', '.join(available())} (default: {','.join(default)})"
+
+
+def parse_methods(text: str | Sequence[str], option: str = "--method") -> list[str]:
+    """Split a comma-separated list of methods; unknown names raise ``ValueError``.
+
+    Names are matched as the registry matches them (case-insensitive, ``-`` as ``_``) and
+    returned as registered, without repeats.
+    """
+    items = text.split(",") if isinstance(text, str) else list(text)
+    names = [m.strip() for m in items if m and m.strip()]
+    if not names:
+        raise ValueError(f"{option} is empty; give one or more of " + ", ".join(available()))
+    return list(dict.fromkeys(get(name).name for name in names))
+
+
+def parse_floats(text: str, option: str) -> tuple[float, float, float]:
+    """``"0.485,0.456,0.406"`` (or one value for all channels) -> three floats."""
+    try:
+        values = [float(v) for v in text.replace(" ", ",").split(",") if v]
+    except ValueError as err:
+        raise ValueError(f"{option} {text!r}: expected numbers like 0.5,0.5,0.5") from err
+    if len(values) == 1:
+        values *= 3
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{option} {text!r}: expected 1 or 3 finite numbers (R,G,B)")
+    return values[0], values[1], values[2]
