@@ -4,7 +4,9 @@ A spec (``--model`` on every command) is one of
 
 * a shipped model name (``shapes_vgg``, ``shapes_resnet``): its checksummed weights, class
   names and preprocessing from ``sglrp/weights`` (:func:`sglrp.models.pretrained`);
-* a zoo name with a ``state_dict`` file (``resnet18`` + ``weights``);
+* a zoo name with a ``state_dict`` file (``resnet18`` + ``weights``); where torchvision
+  imports, any of its classification models by name (``torchvision.models.get_model``), the
+  zoo's mirrors of its layouts serving the same names where it does not;
 * a weights file written by ``sglrp train`` (``NAME.pt`` with ``NAME.json`` beside it);
 * a TorchScript file (rebuilt as the eager zoo model it equals, when there is one);
 * ``module:factory`` (the module a dotted name or a ``.py`` file), optionally with weights.
@@ -68,8 +70,8 @@ class ModelBundle:
         SHA-256 of the weights file ("" when there is none), so that resuming never mixes
         results of different weights under the same model name.
     kind
-        ``"shipped"``, ``"zoo"``, ``"trained"``, ``"torchscript"``, ``"factory"`` or
-        ``"custom"`` (built by the caller).
+        ``"shipped"``, ``"zoo"``, ``"torchvision"``, ``"trained"``, ``"torchscript"``,
+        ``"factory"`` or ``"custom"`` (built by the caller).
     resize
         Shorter side of an image file is resized to before the centre crop of ``size``.
     weights_file
@@ -132,6 +134,9 @@ def load_model(
     path = Path(spec)
     if spec in SHIPPED and weights is None:
         return _load_shipped(spec, num_classes)
+    torchvision_models = _torchvision_models()
+    if torchvision_models is not None and spec in _classifiers(torchvision_models):
+        return _load_torchvision(torchvision_models, spec, weights, num_classes)
     if spec in ZOO:
         if weights is None:
             raise ValueError(
@@ -222,6 +227,42 @@ def _head_size(weights: str) -> int | None:
 
 
 # --------------------------------------------------------------------------- kinds
+
+
+def _torchvision_models() -> Any | None:
+    """``torchvision.models`` where torchvision imports, else None (not installed, or broken
+    beside this torch build: then the zoo's mirrors serve the same names)."""
+    if importlib.util.find_spec("torchvision") is None:
+        return None
+    try:
+        return importlib.import_module("torchvision.models")
+    except Exception:  # noqa: BLE001 - any import failure means: use the mirror
+        return None
+
+
+def _classifiers(models: Any) -> list[str]:
+    """torchvision's image classification models (not detection, segmentation, video)."""
+    try:
+        return list(models.list_models(module=models))
+    except Exception:  # noqa: BLE001 - an old torchvision without list_models
+        return []
+
+
+def _load_torchvision(
+    models: Any, spec: str, weights: str | None, num_classes: int | None
+) -> ModelBundle:
+    """A torchvision classification model by name (``torchvision.models.get_model``), its
+    weights through the one fit check; ImageNet preprocessing."""
+    if weights is None:
+        raise ValueError(
+            f"--model {spec} needs --weights FILE (a state_dict); random weights explain nothing"
+        )
+    n = num_classes or _head_size(weights) or 1000
+    model = models.get_model(spec, weights=None, num_classes=n)
+    load_checked(model, load_state_dict_file(weights), weights, name=f"torchvision {spec}")
+    bundle = ModelBundle(model.eval(), None, name=spec, kind="torchvision")
+    _set_weights(bundle, Path(weights))
+    return bundle
 
 
 def _load_shipped(name: str, num_classes: int | None) -> ModelBundle:
