@@ -11,10 +11,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .commands import evaluate, explain, paths, reproduce, train
+from .commands import evaluate, explain, inspect, paths, reproduce, train
 
 #: The sub-commands, in the order ``sglrp --help`` lists them.
-COMMANDS = (explain, train, evaluate, reproduce, paths)
+COMMANDS = (explain, inspect, train, evaluate, reproduce, paths)
 
 
 def build_parser() -> argparse.ArgumentParser:
