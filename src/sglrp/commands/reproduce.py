@@ -6,9 +6,12 @@ The work is :func:`sglrp.app.reproduce.reproduce`; this module reads the options
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
+from ..app.compare import reproduce_models
 from ..app.config import DEFAULT_METHODS, METRIC_NAMES, EvalConfig
 from ..app.reproduce import FULL, QUICK, reproduce
+from ..loading import SHIPPED
 from .options import add_run_options, apply_threads, check_out
 
 
@@ -21,10 +24,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Evaluate LRP, CLRP, SGLRP, Guided Grad-CAM, Relevance-CAM and Random with every "
             "metric and write OUT/index.html (self-contained) and OUT/metrics.json. "
             f"Default: {FULL['n']} multi- and {FULL['n']} single-object images; --quick: "
-            f"{QUICK['n']} of each."
+            f"{QUICK['n']} of each. Without --model every shipped model "
+            f"({', '.join(SHIPPED)}) is evaluated, sharing that budget, into OUT/<model>/, "
+            "and OUT/index.html compares them."
         ),
     )
     add_run_options(p)
+    p.set_defaults(model=None)
     p.add_argument("--out", default="report", help="output folder (default: report)")
     p.add_argument("--quick", action="store_true", help="small run (under 2 minutes) for CI")
     p.add_argument(
@@ -45,7 +51,7 @@ def main(args: argparse.Namespace) -> int:
     check_out(args.out)
     preset = QUICK if args.quick else FULL
     cfg = EvalConfig(
-        model=args.model,
+        model=args.model or SHIPPED[0],
         data=args.data,
         methods=DEFAULT_METHODS,
         metrics=METRIC_NAMES,
@@ -55,7 +61,14 @@ def main(args: argparse.Namespace) -> int:
         steps=preset["steps"],
         device=args.device,
     )
-    report = reproduce(cfg, args.out, preset["grid_images"], progress=not args.no_progress)
+    models = [m.strip() for m in args.model.split(",") if m.strip()] if args.model else SHIPPED
+    if len(models) == 1:
+        cfg = replace(cfg, model=models[0])
+        report = reproduce(cfg, args.out, preset["grid_images"], progress=not args.no_progress)
+    else:
+        report = reproduce_models(
+            cfg, models, args.out, preset["grid_images"], progress=not args.no_progress
+        )
     if report is not None:
         print(f"report: {report.resolve()}")
     return 0
