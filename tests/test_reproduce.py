@@ -244,3 +244,22 @@ def test_budget_is_shared_between_models():
     assert compare.images_per_model(100, 3) == 33
     assert compare.images_per_model(100, 8) == compare.MIN_IMAGES
     assert compare.images_per_model(2, 3) == 2
+
+
+def test_reproduce_report_shows_the_class_collapse(tmp_path):
+    out = tmp_path / "report"
+    assert (
+        cli.main(
+            ["reproduce", "--model", "shapes_resnet", "--quick", "--n", "2", "--out", str(out)]
+            + ["--no-progress"]
+        )
+        == 0
+    )
+    result = json.loads((out / "collapse.json").read_text())
+    assert set(result["curves"]) == {"dtd", "epsilon-plus"}
+    assert result["layers"][-1] == "input" and result["layers"][0] == "fc"
+    for values in result["curves"].values():
+        assert len(values) == len(result["layers"])
+        assert all(v is None or -1.0 <= v <= 1.0 + 1e-9 for v in values)
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "Class collapse on" in page and (out / "collapse.png").is_file()
