@@ -223,11 +223,14 @@ def test_reproduce_on_several_models_writes_a_comparison(tmp_path, capsys):
     assert code == 0, captured.err
     results = {m: json.loads((out / m / "metrics.json").read_text()) for m in models}
     for m in models:
+        results[m]["collapse"] = json.loads((out / m / "collapse.json").read_text())
+    for m in models:
         assert (out / m / "index.html").is_file()
     page = _Page()
     page.feed((out / "index.html").read_text(encoding="utf-8"))
     page.close()
-    assert page.tables == len(config.MEASURES)
+    assert page.tables == len(config.MEASURES) + 1  # and the class-collapse table
+    assert set(compare.collapse_depths(results)) == set(models)
     assert {f"{m}/index.html" for m in models} <= set(page.links)
     summary = (out / "summary.md").read_text(encoding="utf-8")
     assert summary == compare.render_comparison_markdown(

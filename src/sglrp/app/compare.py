@@ -26,6 +26,7 @@ from .reproduce import reproduce
 
 __all__ = [
     "MIN_IMAGES",
+    "collapse_depths",
     "images_per_model",
     "ranking",
     "render_comparison_html",
@@ -70,6 +71,9 @@ def reproduce_models(
         if report is None:
             return None
         results[model] = json.loads((out / model / "metrics.json").read_text())
+        collapse = out / model / "collapse.json"
+        if collapse.is_file():
+            results[model]["collapse"] = json.loads(collapse.read_text())
     note = (
         f"{len(models)} models share one run's budget: {n} images per split each "
         f"(one model alone: {cfg.n})."
@@ -127,8 +131,45 @@ def render_comparison_markdown(results: Mapping[str, Mapping[str, Any]], note: s
             ),
             "",
         ]
+    lines += _collapse_lines(results)
     lines += ["Per-model reports: " + ", ".join(f"[{m}]({m}/index.html)" for m in models), ""]
     return "\n".join(lines)
+
+
+def collapse_depths(results: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, str]]:
+    """Per model and rule set, the first layer (from the logits) where the class-collapse
+    cosine exceeds 0.99, or "never"; models without a collapse curve are left out."""
+    table = {}
+    for model, data in results.items():
+        collapse = data.get("collapse")
+        if not collapse:
+            continue
+        layers = collapse["layers"]
+        table[model] = {
+            rules: next(
+                (
+                    f"{layers[i]} (layer {i})"
+                    for i, v in enumerate(vs)
+                    if v is not None and v > 0.99
+                ),
+                "never",
+            )
+            for rules, vs in collapse["curves"].items()
+        }
+    return table
+
+
+def _collapse_lines(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    depths = collapse_depths(results)
+    if not depths:
+        return []
+    rules = list(next(iter(depths.values())))
+    lines = ["## Class collapse: first layer where the classes' relevance has cosine > 0.99", ""]
+    lines += ["| model | " + " | ".join(rules) + " |", "|" + " --- |" * (len(rules) + 1)]
+    lines += [
+        f"| {m} | " + " | ".join(d.get(r, "") for r in rules) + " |" for m, d in depths.items()
+    ]
+    return [*lines, ""]
 
 
 def render_comparison_html(
@@ -161,6 +202,24 @@ def render_comparison_html(
             cells = _cells(results, key, m, lambda t: f"<b>{t}</b>")
             parts.append(
                 f"<tr><td>{esc(label(m))}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+            )
+        parts.append("</table>")
+    depths = collapse_depths(results)
+    if depths:
+        rules = list(next(iter(depths.values())))
+        parts.append(
+            "<h2>Class collapse</h2><p>First layer, counted from the logits, where the "
+            "classes' relevance has mean pairwise cosine above 0.99 (see each "
+            "model's report for the curves).</p>"
+        )
+        parts.append(
+            "<table><tr><th>model</th>" + "".join(f"<th>{esc(r)}</th>" for r in rules) + "</tr>"
+        )
+        for model, d in depths.items():
+            parts.append(
+                f"<tr><td>{esc(model)}</td>"
+                + "".join(f"<td>{esc(d.get(r, ''))}</td>" for r in rules)
+                + "</tr>"
             )
         parts.append("</table>")
     parts.append("</body></html>")
