@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("explain", "train", "evaluate", "reproduce", "paths")
+COMMANDS = ("explain", "train", "evaluate", "reproduce", "paths", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
