@@ -85,7 +85,8 @@ def test_grayscale_and_rgba_are_converted_with_a_note(tmp_path):
     Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8), mode="L").save(gray)
     up = inputs.read_upload(gray)
     a = np.asarray(up.image)
-    assert up.image.mode == "RGB" and (a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all()
+    assert up.image.mode == "RGB"
+    assert (a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all()
     assert a[0, 5, 0] == 5
     assert any("grayscale" in n for n in up.notes)
 
@@ -144,8 +145,8 @@ def test_boxes_match_the_pixels_preprocess_moves():
     obj = [{"name": "sq", "label": 0, "box": (50, 20, 90, 60)}]
     _, shown = preprocess(Image.fromarray(a), 40, 32)  # halves: 60 x 40, crop 32
     rows, cols = np.nonzero(np.asarray(shown)[..., 0] > 127)
-    (box,) = inputs.boxes_in_input(obj, (120, 80), 40, 32)
-    assert box == (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1)
+    (mapped,) = inputs.boxes_in_input(obj, (120, 80), 40, 32)
+    assert mapped["box"] == (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1)
 
 
 def test_draw_boxes_outlines_only_the_border():
@@ -240,8 +241,19 @@ def test_export_equals_sglrp_explain_files_and_the_library(bundle, two_shapes, t
         bundle, two_shapes, tmp_path / "page", chosen=methods, target=target, rules="dtd"
     )
     code = cli.main(
-        ["explain", str(two_shapes), "--model", "shapes_vgg", "--method", ",".join(methods),
-         "--target", str(target), "--out", str(tmp_path / "cli"), "--no-progress"]
+        [
+            "explain",
+            str(two_shapes),
+            "--model",
+            "shapes_vgg",
+            "--method",
+            ",".join(methods),
+            "--target",
+            str(target),
+            "--out",
+            str(tmp_path / "cli"),
+            "--no-progress",
+        ]
     )
     assert code == 0, capsys.readouterr().err
     cli_dir = tmp_path / "cli" / "two_shapes"
@@ -251,10 +263,15 @@ def test_export_equals_sglrp_explain_files_and_the_library(bundle, two_shapes, t
     cli_json = json.loads((cli_dir / "explanation.json").read_text())
     assert page_json == cli_json
     assert page_json["target"]["index"] == target
-    assert [p.name for p in ex.files] == ["grid.png", "explanation.json", "sglrp.npy",
-                                          "guided_gradcam.npy"]
+    assert [p.name for p in ex.files] == [
+        "grid.png",
+        "explanation.json",
+        "sglrp.npy",
+        "guided_gradcam.npy",
+    ]
     x, _ = preprocess(load_image(two_shapes), 64, 64, MEAN, STD)
-    ref = sglrp.explain(bundle.model, x, target, "sglrp", rules="dtd", bounds=bundle.settings.bounds)
+    bounds = bundle.settings.bounds
+    ref = sglrp.explain(bundle.model, x, target, "sglrp", rules="dtd", bounds=bounds)
     np.testing.assert_allclose(ex.maps["sglrp"], ref[0].numpy(), atol=1e-6, rtol=0)
 
 
@@ -280,8 +297,9 @@ def test_contrast_maps_are_sglrp_and_lrp_for_both_classes(bundle, two_shapes):
     for method, maps in view.maps.items():
         assert maps.shape == (2, 3, 64, 64)
         for k, cls in enumerate((t, c)):
-            ref = sglrp.explain(bundle.model, x, cls, method, rules="dtd",
-                                bounds=bundle.settings.bounds)
+            ref = sglrp.explain(
+                bundle.model, x, cls, method, rules="dtd", bounds=bundle.settings.bounds
+            )
             np.testing.assert_allclose(maps[k], ref[0].numpy(), atol=1e-5, rtol=1e-4)
     # SGLRP relevance sums to zero (eq. 10 output relevance sums to 0, z+ conserves it)
     total = np.abs(view.maps["sglrp"]).sum(axis=(1, 2, 3))
@@ -352,7 +370,15 @@ def test_handlers_keep_tabs_apart_and_report_bad_uploads(context, two_shapes, tm
     assert c[0] == state_a  # the tab keeps its image
     assert "Cannot use this file" in c[5] and "broken.png" in c[5]
     state, picture, files, status = context.explain(
-        state_a, state_a["order"][1], ["sglrp", "lrp"], "dtd", None, False, 1.0, True, False,
+        state_a,
+        state_a["order"][1],
+        ["sglrp", "lrp"],
+        "dtd",
+        None,
+        False,
+        1.0,
+        True,
+        False,
         progress=lambda *a, **k: None,
     )
     assert "Explained" in status and picture.dtype == np.uint8

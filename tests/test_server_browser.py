@@ -77,9 +77,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     out = {}
     for name, start in (("two_shapes", 1), ("other_shapes", 4)):
         out[name] = root / f"{name}.png"
-        Image.fromarray(generate("multi", 1, seed=0, size=64, start=start)[0].image).save(
-            out[name]
-        )
+        Image.fromarray(generate("multi", 1, seed=0, size=64, start=start)[0].image).save(out[name])
     out["corrupt"] = root / "corrupt.png"
     out["corrupt"].write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(200)))
     out["folder"] = root / "folder"
@@ -172,7 +170,11 @@ class Tab:
         self.status("contrast view against")
 
     def download(self, name: str, folder: Path) -> Path:
-        link = self.page.locator("#downloads").get_by_role("link", name=name, exact=True)
+        # Gradio's file list: a row per file, its name in td.filename, the link in td.download
+        row = self.page.locator("#downloads tr.file").filter(
+            has=self.page.locator(f'td.filename[aria-label="{name}"]')
+        )
+        link = row.locator("td.download a")
         with self.page.expect_download() as info:
             link.click()
         path = folder / f"{id(self)}-{name}"

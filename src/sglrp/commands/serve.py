@@ -50,7 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``sglrp serve``; returns the exit status (after Ctrl+C)."""
     if importlib.util.find_spec("gradio") is None:
-        raise ModuleNotFoundError(f"sglrp serve needs gradio, which is not installed: {INSTALL_HINT}")
+        raise ModuleNotFoundError(
+            f"sglrp serve needs gradio, which is not installed: {INSTALL_HINT}"
+        )
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be 1 ... 65535, got {args.port}")
     if args.folder is not None and not Path(args.folder).is_dir():

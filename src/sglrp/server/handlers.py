@@ -50,6 +50,9 @@ from .pictures import figure_rgb, map_panel
 
 __all__ = ["DEFAULT_LAYER", "Context"]
 
+#: Gradio passes a live progress tracker to a parameter whose default is a ``gr.Progress``.
+_PROGRESS = gr.Progress()
+
 #: Layer dropdown entry meaning "each method's default layer".
 DEFAULT_LAYER = "(method default)"
 
@@ -195,7 +198,7 @@ class Context:
         opacity: float,
         show_boxes: bool,
         shared: bool,
-        progress: Any = gr.Progress(),
+        progress: Any = _PROGRESS,
     ) -> tuple:
         """Compute the chosen maps. Outputs: state, maps picture, downloads, status."""
         state = self.ensure(state)
@@ -344,7 +347,7 @@ class Context:
         layer: str | None,
         graph_k: float,
         rules: str,
-        progress: Any = gr.Progress(),
+        progress: Any = _PROGRESS,
     ) -> tuple:
         """The critical-path graph. Outputs: graph picture, neuron table (markdown)."""
         state = self.ensure(state)

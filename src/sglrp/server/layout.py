@@ -107,9 +107,7 @@ def build(ctx: Context) -> gr.Blocks:
                     shared = gr.Checkbox(
                         label="one scale for all maps", value=False, elem_id="shared"
                     )
-                    boxes = gr.Checkbox(
-                        label="ground-truth boxes", value=True, elem_id="boxes"
-                    )
+                    boxes = gr.Checkbox(label="ground-truth boxes", value=True, elem_id="boxes")
                     opacity = gr.Slider(
                         0.0, 1.0, value=1.0, step=0.05, label="map opacity", elem_id="opacity"
                     )
@@ -170,7 +168,5 @@ def build(ctx: Context) -> gr.Blocks:
         for control in (positive, boxes, shared):
             control.change(ctx.redraw, [state, *display], [picture, maps, contrast_view])
         opacity.release(ctx.redraw, [state, *display], [picture, maps, contrast_view])
-        paths_run.click(
-            ctx.paths, [state, target, paths_layer, graph_k, rules], [graph, neurons]
-        )
+        paths_run.click(ctx.paths, [state, target, paths_layer, graph_k, rules], [graph, neurons])
     return demo
