@@ -198,9 +198,9 @@ def test_map_panel_size_and_checks():
     image = np.zeros((64, 64, 3), np.uint8)
     cols = [("A", np.ones((3, 64, 64))), ("B", -np.ones((1, 64, 64)))]
     out = pictures.map_panel(image, cols, opacity=0.5)
-    assert out.dtype == np.uint8 and out.shape == (250, 690, 3)  # 2.5 x 6.9 in at 100 dpi
+    assert out.dtype == np.uint8 and out.shape == (280, 690, 3)  # 2.8 x 6.9 in at 100 dpi
     two_rows = pictures.map_panel(image, cols * 2, rows=2, row_titles=["x", "y"], shared=True)
-    assert two_rows.shape == (500, 725, 3)
+    assert two_rows.shape == (530, 725, 3)
     with pytest.raises(ValueError, match="opacity"):
         pictures.map_panel(image, cols, opacity=1.5)
     with pytest.raises(ValueError, match="rows"):
@@ -367,7 +367,7 @@ def test_handlers_keep_tabs_apart_and_report_bad_uploads(context, two_shapes, tm
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     c = context.upload(str(bad), state_a, True)
-    assert c[0] == state_a  # the tab keeps its image
+    assert c[0] == state_a and c[-1] is None  # the tab keeps its image; the box is emptied
     assert "Cannot use this file" in c[5] and "broken.png" in c[5]
     state, picture, files, status = context.explain(
         state_a,
@@ -384,6 +384,6 @@ def test_handlers_keep_tabs_apart_and_report_bad_uploads(context, two_shapes, tm
     assert "Explained" in status and picture.dtype == np.uint8
     assert [Path(f).name for f in files][2:] == ["sglrp.npy", "lrp.npy"]
     assert all(Path(f).is_relative_to(state_a["dir"]) for f in files)
-    state, contrast, status = context.contrast(state, None, "dtd", False, 1.0, True)
-    assert state["contrast"]["contrast"] == state_a["order"][0]  # target was the 2nd class
+    state, contrast, status, used = context.contrast(state, None, "dtd", False, 1.0, True)
+    assert used == state["contrast"]["contrast"] == state_a["order"][0]  # target was 2nd
     assert contrast.dtype == np.uint8 and "contrast view" in status

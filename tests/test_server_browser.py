@@ -189,8 +189,13 @@ def _reference(path: Path, target: int, method: str) -> np.ndarray:
 
     shapes = pretrained("shapes_vgg")
     x, _ = preprocess(load_image(path), 64, 64, shapes.mean, shapes.std)
-    bounds = sglrp.bounds_from_normalization(shapes.mean, shapes.std)
-    r = sglrp.explain(shapes.model, x, target, method, rules="dtd", bounds=bounds)
+    options = {}
+    if sglrp.methods.get(method).takes_rules:
+        options = {
+            "rules": "dtd",
+            "bounds": sglrp.bounds_from_normalization(shapes.mean, shapes.std),
+        }
+    r = sglrp.explain(shapes.model, x, target, method, **options)
     return r[0].numpy()
 
 

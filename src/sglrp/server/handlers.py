@@ -86,16 +86,17 @@ class Context:
     # ------------------------------------------------------------------ inputs
 
     def upload(self, file: Any, state: dict | None, show_boxes: bool) -> tuple:
-        """A file was uploaded: check it, classify it. Outputs: see :meth:`_use`."""
+        """A file was uploaded: check it, classify it. Outputs: those of :meth:`_use`, then
+        the emptied upload box (ready for the next file)."""
         state = self.ensure(state)
         if file is None:
-            return self._unchanged(state, "")
+            return (*self._unchanged(state, ""), gr.update())
         path = getattr(file, "name", file)
         try:
             upload = read_upload(path)
         except UploadError as err:
-            return self._unchanged(state, f"⚠️ **Cannot use this file.** {err}")
-        return self._use(state, upload, show_boxes)
+            return (*self._unchanged(state, f"⚠️ **Cannot use this file.** {err}"), None)
+        return (*self._use(state, upload, show_boxes), None)
 
     def example(self, key: str | None, state: dict | None, show_boxes: bool) -> tuple:
         """A built-in example was picked."""
@@ -176,6 +177,13 @@ class Context:
             None,
             None,
         )
+
+    def other_class(self, target: int | None, state: dict | None, contrast: int | None) -> Any:
+        """The target changed: a contrast class equal to it moves to the most probable other."""
+        if target is None or contrast is None or int(contrast) != int(target):
+            return gr.update()
+        order = (state or {}).get("order") or list(range(self.bundle.num_classes))
+        return gr.update(value=next(i for i in order if i != int(target)))
 
     def _input_picture(self, state: dict, show_boxes: bool) -> np.ndarray | None:
         shown = state.get("shown")
@@ -270,23 +278,24 @@ class Context:
         show_boxes: bool,
     ) -> tuple:
         """SGLRP and LRP for the target and the contrast class. Outputs: state, picture,
-        status."""
+        status, the contrast class used."""
         state = self.ensure(state)
         skip = gr.update()
         done = state.get("explained")
         if not done:
-            return state, skip, skip
+            return state, skip, skip, skip
         target = done["target"]
         if contrast is None or int(contrast) == target:
             contrast = next(i for i in state["order"] if i != target)
         view = state.get("contrast")
         if view and (view["target"], view["contrast"], view["rules"]) == (target, contrast, rules):
-            return state, self.contrast_picture(state, positive, opacity, show_boxes), skip
+            picture = self.contrast_picture(state, positive, opacity, show_boxes)
+            return state, picture, skip, contrast
         try:
             x, _ = model_input(self.bundle, state["image"]["path"])
             result = contrast_maps(self.bundle, x, target, int(contrast), rules)
         except (ValueError, RuntimeError, OSError) as err:
-            return state, skip, f"⚠️ **Contrast view failed:** {_line(err)}"
+            return state, skip, f"⚠️ **Contrast view failed:** {_line(err)}", skip
         state = {
             **state,
             "contrast": {
@@ -301,7 +310,8 @@ class Context:
             f"contrast view against **{self.bundle.names[int(contrast)]}** in "
             f"{result.seconds:.2f} s."
         )
-        return state, self.contrast_picture(state, positive, opacity, show_boxes), status
+        picture = self.contrast_picture(state, positive, opacity, show_boxes)
+        return state, picture, status, int(contrast)
 
     def contrast_picture(
         self, state: dict, positive: bool, opacity: float, show_boxes: bool

@@ -151,10 +151,11 @@ def build(ctx: Context) -> gr.Blocks:
                     neurons = gr.Markdown(elem_id="neurons")
 
         loaded = [state, picture, top5, target, contrast, status, maps, contrast_view, downloads]
-        upload.upload(ctx.upload, [upload, state, boxes], loaded)
+        upload.upload(ctx.upload, [upload, state, boxes], [*loaded, upload])
         examples.change(ctx.example, [examples, state, boxes], loaded)
         folder.change(ctx.from_folder, [folder, state, boxes], loaded)
         top5.change(lambda v: gr.update(value=v), top5, target, queue=False)
+        target.change(ctx.other_class, [target, state, contrast], contrast, queue=False)
         display = [positive, opacity, boxes, shared]
         run.click(
             ctx.explain,
@@ -163,7 +164,7 @@ def build(ctx: Context) -> gr.Blocks:
         ).success(
             ctx.contrast,
             [state, contrast, rules, positive, opacity, boxes],
-            [state, contrast_view, status],
+            [state, contrast_view, status, contrast],
         )
         for control in (positive, boxes, shared):
             control.change(ctx.redraw, [state, *display], [picture, maps, contrast_view])

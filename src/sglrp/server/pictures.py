@@ -34,6 +34,7 @@ _CELL_IN = 2.0
 _DPI = 100
 _BAR_IN = 0.9
 _TITLE_IN = 0.5
+_TOP_IN = 0.3  # free band at the top, where the page puts the picture's label
 
 
 def _scale(r: np.ndarray, positive: bool) -> float:
@@ -150,13 +151,13 @@ def map_panel(
     n_cols = per_row + 1
     label_in = 0.35 if row_titles else 0.0
     width = label_in + n_cols * _CELL_IN + _BAR_IN
-    height = rows * (_CELL_IN + _TITLE_IN)
+    height = _TOP_IN + rows * (_CELL_IN + _TITLE_IN)
     fig = Figure(figsize=(width, height), dpi=_DPI)
     fig.patch.set_facecolor("white")
     factor = max(1, int(round(_CELL_IN * _DPI / max(rgb.shape[:2]))))
     base = draw_boxes(_enlarge(rgb, factor), boxes or [], factor)
     for row in range(rows):
-        top = 1.0 - row * (_CELL_IN + _TITLE_IN) / height
+        top = 1.0 - (_TOP_IN + row * (_CELL_IN + _TITLE_IN)) / height
         bottom = top - (_CELL_IN + _TITLE_IN * 0.5) / height
         if row_titles:
             fig.text(
@@ -196,7 +197,7 @@ def map_panel(
             (label_in + n_cols * _CELL_IN + 0.12) / width,
             0.5 * _TITLE_IN / height,
             0.15 / width,
-            1.0 - 1.2 * _TITLE_IN / height,
+            1.0 - (1.2 * _TITLE_IN + _TOP_IN) / height,
         )
     )
     norm = Normalize(0.0, 1.0) if positive else Normalize(-1.0, 1.0)
@@ -209,8 +210,8 @@ def map_panel(
         cb.set_ticklabels(["−max", "0", "+max"])
     cb.ax.tick_params(labelsize=8)
     note = scale_note or (
-        ("positive relevance" if positive else "relevance (red +, blue −)")
-        + (", one scale per row" if shared else ", each map / its own max")
+        ("positive relevance" if positive else "relevance")
+        + (" (one scale per row)" if shared else " (each map / its max)")
     )
     cb.set_label(note, fontsize=8)
     return figure_rgb(fig)
