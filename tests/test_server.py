@@ -304,6 +304,10 @@ def test_contrast_maps_are_sglrp_and_lrp_for_both_classes(bundle, two_shapes):
     # SGLRP relevance sums to zero (eq. 10 output relevance sums to 0, z+ conserves it)
     total = np.abs(view.maps["sglrp"]).sum(axis=(1, 2, 3))
     assert np.all(np.abs(view.maps["sglrp"].sum(axis=(1, 2, 3))) <= 1e-3 * total)
+    known = {"sglrp": view.maps["sglrp"][0]}
+    reuse = backend.contrast_maps(bundle, x, t, c, known=known)
+    np.testing.assert_array_equal(reuse.maps["sglrp"][0], known["sglrp"])
+    np.testing.assert_allclose(reuse.maps["sglrp"][1], view.maps["sglrp"][1], atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="differ"):
         backend.contrast_maps(bundle, x, t, t)
 

@@ -302,12 +302,19 @@ class Contrast:
 
 
 def contrast_maps(
-    bundle: Bundle, x: torch.Tensor, target: int, contrast: int, rules: str = "dtd"
+    bundle: Bundle,
+    x: torch.Tensor,
+    target: int,
+    contrast: int,
+    rules: str = "dtd",
+    known: dict[str, np.ndarray] | None = None,
 ) -> Contrast:
-    """SGLRP and LRP for ``target`` and for ``contrast``, both targets in one call each.
+    """SGLRP and LRP for ``target`` and for ``contrast``.
 
-    ``sglrp.explain`` with an (N, K) target explains K classes in one forward and one
-    backward pass; the result is (N, K, C, H, W).
+    ``known`` maps a method to its (C, H, W) relevance for ``target`` with the same rules
+    (from :func:`explain_maps`); such a method is computed for ``contrast`` only. Otherwise
+    both classes are explained in one call: ``sglrp.explain`` with an (N, K) target runs one
+    forward and one backward pass for the K classes and returns (N, K, C, H, W).
     """
     if target == contrast:
         raise ValueError("the contrast class must differ from the target")
@@ -315,15 +322,18 @@ def contrast_maps(
         if not 0 <= int(index) < bundle.num_classes:
             raise ValueError(f"class {index} is not a class (0 ... {bundle.num_classes - 1})")
     _check_request(bundle, list(CONTRAST_METHODS), rules, None)
+    known = known or {}
     start = time.perf_counter()
-    pair = torch.tensor([[int(target), int(contrast)]])
     out = {}
     with bundle.lock:
         for method in CONTRAST_METHODS:
-            r = explain(
-                bundle.model, x, pair, method=method, rules=rules, bounds=bundle.settings.bounds
-            )
-            out[method] = r[0].detach().float().numpy()
+            options = {"method": method, "rules": rules, "bounds": bundle.settings.bounds}
+            if method in known:
+                r = explain(bundle.model, x, torch.tensor([int(contrast)]), **options)
+                out[method] = np.stack([known[method], r[0].detach().float().numpy()])
+            else:
+                pair = torch.tensor([[int(target), int(contrast)]])
+                out[method] = explain(bundle.model, x, pair, **options)[0].detach().float().numpy()
     return Contrast(int(target), int(contrast), out, time.perf_counter() - start)
 
 

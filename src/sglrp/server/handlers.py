@@ -240,7 +240,12 @@ class Context:
         state = {
             **state,
             "runs": runs,
-            "explained": {"target": int(target), "methods": list(chosen), "maps": ex.maps},
+            "explained": {
+                "target": int(target),
+                "methods": list(chosen),
+                "rules": rules,
+                "maps": ex.maps,
+            },
         }
         t = ex.summary["target"]
         status = (
@@ -293,7 +298,9 @@ class Context:
             return state, picture, skip, contrast
         try:
             x, _ = model_input(self.bundle, state["image"]["path"])
-            result = contrast_maps(self.bundle, x, target, int(contrast), rules)
+            same = done["rules"] == rules
+            known = {m: done["maps"][m] for m in CONTRAST_METHODS if same and m in done["maps"]}
+            result = contrast_maps(self.bundle, x, target, int(contrast), rules, known)
         except (ValueError, RuntimeError, OSError) as err:
             return state, skip, f"⚠️ **Contrast view failed:** {_line(err)}", skip
         state = {
