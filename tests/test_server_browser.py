@@ -229,6 +229,11 @@ def test_upload_explain_download_equals_the_library(server, browser, files, shot
         want = _reference(files["two_shapes"], order[1], method)
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+    tab.page.get_by_text("Neurons: critical-path graph").click()
+    tab.page.locator("#paths").click()
+    tab.expect(tab.page.locator("#neurons")).to_contain_text("Top neurons", timeout=_TIMEOUT_MS)
+    tab.page.locator("#graph img").wait_for()
+    tab.page.screenshot(path=str(shots / "serve_paths.png"), full_page=True)
     assert tab.external == [], "the page must work offline"
     context.close()
 
@@ -242,6 +247,10 @@ def test_corrupt_upload_is_reported_and_the_server_keeps_serving(server, browser
     tab.page.screenshot(path=str(shots / "serve_corrupt.png"))
     tab.upload(files["two_shapes"])
     tab.status("predicted")
+    tab.page.locator("#example input").click()
+    tab.page.get_by_role("option", name="objects #1:").click()
+    tab.status("builtin-multi-1.png")
+    tab.page.locator("#input-picture img").wait_for()
     context.close()
 
 
