@@ -21,7 +21,7 @@ from sglrp import cli, imageio
 from sglrp.data import CLASSES, MEAN, STD, generate
 from sglrp.imageio import load_image, preprocess
 from sglrp.server import backend, inputs, pictures
-from sglrp.viz import positive_map, signed_map
+from sglrp.viz import overlay, positive_map, signed_map
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -194,13 +194,34 @@ def test_display_maps_shared_scale_by_hand():
         pictures.display_maps([np.full((1, 2, 2), np.nan)])
 
 
-def test_map_panel_size_and_checks():
-    image = np.zeros((64, 64, 3), np.uint8)
-    cols = [("A", np.ones((3, 64, 64))), ("B", -np.ones((1, 64, 64)))]
+def test_map_panel_layout_and_cells_by_hand():
+    from sglrp.server.pictures import (
+        BAR_BAND_PX,
+        LABEL_PX,
+        PAD_PX,
+        TITLE_PX,
+        TOP_PX,
+        cell_factor,
+    )
+
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    cols = [("A", rng.normal(size=(3, 64, 64))), ("B", -np.ones((1, 64, 64)))]
     out = pictures.map_panel(image, cols, opacity=0.5)
-    assert out.dtype == np.uint8 and out.shape == (280, 690, 3)  # 2.8 x 6.9 in at 100 dpi
-    two_rows = pictures.map_panel(image, cols * 2, rows=2, row_titles=["x", "y"], shared=True)
-    assert two_rows.shape == (530, 725, 3)
+    f = cell_factor(64, 64)
+    assert f == 3 and out.dtype == np.uint8
+    assert out.shape == (
+        TOP_PX + TITLE_PX + 64 * f + PAD_PX,
+        3 * (64 * f + PAD_PX) + PAD_PX + BAR_BAND_PX,
+        3,
+    )
+    # the first map's cell is viz.overlay of its signed display map, enlarged f times
+    y, x = TOP_PX + TITLE_PX, PAD_PX + (64 * f + PAD_PX)
+    want = overlay(image, signed_map(cols[0][1]), alpha=0.5, signed=True, vmax=1.0)
+    np.testing.assert_array_equal(out[y : y + 64 * f : f, x : x + 64 * f : f], want)
+    np.testing.assert_array_equal(out[y : y + 64 * f : f, PAD_PX : PAD_PX + 64 * f : f], image)
+    two = pictures.map_panel(image, cols * 2, rows=2, row_titles=["x", "y"], shared=True)
+    assert two.shape[:2] == (TOP_PX + 2 * (TITLE_PX + 64 * f + PAD_PX), out.shape[1] + LABEL_PX)
     with pytest.raises(ValueError, match="opacity"):
         pictures.map_panel(image, cols, opacity=1.5)
     with pytest.raises(ValueError, match="rows"):
@@ -391,3 +412,12 @@ def test_handlers_keep_tabs_apart_and_report_bad_uploads(context, two_shapes, tm
     state, contrast, status, used = context.contrast(state, None, "dtd", False, 1.0, True)
     assert used == state["contrast"]["contrast"] == state_a["order"][0]  # target was 2nd
     assert contrast.dtype == np.uint8 and "contrast view" in status
+
+
+def test_contrast_class_moves_off_the_target_and_redraw_needs_no_model(context, two_shapes):
+    state = context.upload(str(two_shapes), None, False)[0]
+    first, second = state["order"][:2]
+    assert context.other_class(second, state, second)["value"] == first
+    assert context.other_class(first, state, second) == {"__type__": "update"}  # unchanged
+    picture, maps, contrast = context.redraw(state, True, 0.3, True, True)
+    assert picture.shape == (256, 256, 3) and maps is None and contrast is None

@@ -1,7 +1,9 @@
 """The page's pictures: maps side by side on one colour scale with a colour bar, overlays.
 
-Every picture is an RGB ``uint8`` array drawn with :mod:`sglrp.viz` (the same display maps,
-colour tables and overlay as ``sglrp explain``'s files) on a pyplot-free matplotlib figure.
+Every map cell is :func:`sglrp.viz.overlay` of the display map on the (grey) input, with
+the colour tables of :func:`sglrp.viz.render_signed` / :func:`sglrp.viz.render_positive`
+(the same colours as ``sglrp explain``'s files), enlarged by an integer factor and laid out
+with Pillow (a matplotlib figure per slider move would cost ten times more).
 
 Colour scale. A map is reduced to one channel as in :mod:`sglrp.viz`: signed, ``s = sum_c
 R_c``; positive-only (the paper's display), ``p = sum_c max(R_c, 0)``. Each is divided by a
@@ -9,8 +11,13 @@ scale ``m`` and shown on the one colour bar of the picture, from ``-1`` to ``+1`
 zero is white) or ``0`` to ``1`` (positive). With ``shared=False`` ``m`` is the map's own
 ``max |s|`` (``max sum_c |R_c|`` for the positive display), as in :func:`sglrp.viz.signed_map`
 and :func:`sglrp.viz.positive_map`: maps of different methods have different units. With
-``shared=True`` ``m`` is the largest of those scales over the group of maps drawn together,
-so relevance for two classes of one method is compared on one absolute scale.
+``shared=True`` ``m`` is the largest of those scales over the maps of one row, so relevance
+for two classes of one method is compared on one absolute scale.
+
+Size. An ``h x w`` input is enlarged by ``f = cell_factor(h, w)`` (about :data:`CELL_PX`
+pixels); with ``k`` maps per row, ``r`` rows and ``L = LABEL_PX`` when rows have titles
+(else 0) the picture is ``L + (k + 1) (f w + PAD_PX) + PAD_PX + BAR_BAND_PX`` pixels wide and
+``TOP_PX + r (TITLE_PX + f h + PAD_PX)`` high.
 """
 
 from __future__ import annotations
@@ -20,21 +27,28 @@ from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colorbar import ColorbarBase
-from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
+from PIL import Image, ImageDraw, ImageFont
 
 from sglrp.viz import overlay, render_positive, render_signed, to_image
 
 from .inputs import draw_boxes
 
-__all__ = ["display_maps", "figure_rgb", "map_panel"]
+__all__ = ["cell_factor", "display_maps", "figure_rgb", "map_panel"]
 
-_CELL_IN = 2.0
-_DPI = 100
-_BAR_IN = 0.9
-_TITLE_IN = 0.5
-_TOP_IN = 0.3  # free band at the top, where the page puts the picture's label
+#: Layout in pixels (see the module description).
+CELL_PX = 200
+PAD_PX = 8
+TITLE_PX = 26
+TOP_PX = 30
+LABEL_PX = 26
+BAR_PX = 16
+BAR_BAND_PX = 84
+
+
+def cell_factor(h: int, w: int) -> int:
+    """Integer enlargement of an (h, w) image so its cells are about :data:`CELL_PX` wide."""
+    return max(1, round(CELL_PX / max(h, w)))
 
 
 def _scale(r: np.ndarray, positive: bool) -> float:
@@ -92,13 +106,35 @@ def figure_rgb(fig: Figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def _colorbar_cmap(positive: bool) -> ListedColormap:
-    """The renderers' own colour table, so the bar shows exactly the colours of the maps."""
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def _text_width(text: str, size: int) -> float:
+    return _font(size).getlength(text)
+
+
+def _fit(text: str, width: int, size: int = 14, smallest: int = 9) -> int:
+    """The largest font size (at most ``size``) at which ``text`` fits in ``width`` pixels."""
+    while size > smallest and _text_width(text, size) > width:
+        size -= 1
+    return size
+
+
+def _colour_bar(height: int, positive: bool) -> np.ndarray:
+    """A vertical (height, BAR_PX, 3) bar: top = +max (or max), bottom = -max (or 0).
+
+    Its colours come from the renderers themselves, so they are exactly the maps' colours.
+    """
     if positive:
-        table = render_positive(np.linspace(0.0, 1.0, 255)[None, :])[0]
+        column = render_positive(np.linspace(1.0, 0.0, height)[:, None])
     else:
-        table = render_signed(np.linspace(-1.0, 1.0, 255)[None, :])[0]
-    return ListedColormap(table / 255.0)
+        column = render_signed(np.linspace(1.0, -1.0, height)[:, None])
+    return np.repeat(column, BAR_PX, axis=1)
+
+
+def _cell(rgb: np.ndarray, factor: int, boxes: list[dict[str, Any]] | None) -> np.ndarray:
+    return draw_boxes(_enlarge(rgb, factor), boxes or [], factor)
 
 
 def map_panel(
@@ -123,9 +159,10 @@ def map_panel(
         ``(title, relevance (C, H, W))`` in display order, filled row by row over ``rows``
         rows of ``len(columns) // rows`` maps (each row starts with the image).
     positive, shared
-        Display and scale (see the module description).
+        Display and scale (see the module description); ``shared`` shares within a row.
     opacity
-        Weight of the map over the (grey) image: 1 shows the map alone, 0 the image alone.
+        Weight of the map over the (grey) image (:func:`sglrp.viz.overlay`'s ``alpha``):
+        1 shows the map alone, 0 the image alone.
     boxes
         Ground-truth boxes in input pixels, outlined on every cell.
     row_titles
@@ -136,11 +173,11 @@ def map_panel(
     Returns
     -------
     numpy.ndarray
-        uint8 (H, W, 3) picture.
+        uint8 (H, W, 3) picture; see the module description for its size.
     """
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must be in [0, 1], got {opacity}")
-    if rows < 1 or len(columns) % rows:
+    if rows < 1 or not columns or len(columns) % rows:
         raise ValueError(f"{len(columns)} maps do not fill {rows} rows")
     rgb = to_image(image)
     per_row = len(columns) // rows
@@ -148,70 +185,66 @@ def map_panel(
     for row in range(rows):
         group = [r for _, r in columns[row * per_row : (row + 1) * per_row]]
         display += display_maps(group, positive=positive, shared=shared)
+    h, w = rgb.shape[:2]
+    factor = cell_factor(h, w)
+    ch, cw = h * factor, w * factor
+    left = LABEL_PX if row_titles else 0
     n_cols = per_row + 1
-    label_in = 0.35 if row_titles else 0.0
-    width = label_in + n_cols * _CELL_IN + _BAR_IN
-    height = _TOP_IN + rows * (_CELL_IN + _TITLE_IN)
-    fig = Figure(figsize=(width, height), dpi=_DPI)
-    fig.patch.set_facecolor("white")
-    factor = max(1, int(round(_CELL_IN * _DPI / max(rgb.shape[:2]))))
-    base = draw_boxes(_enlarge(rgb, factor), boxes or [], factor)
+    width = left + n_cols * (cw + PAD_PX) + PAD_PX + BAR_BAND_PX
+    height = TOP_PX + rows * (TITLE_PX + ch + PAD_PX)
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    base = _cell(rgb, factor, boxes)
     for row in range(rows):
-        top = 1.0 - (_TOP_IN + row * (_CELL_IN + _TITLE_IN)) / height
-        bottom = top - (_CELL_IN + _TITLE_IN * 0.5) / height
+        y = TOP_PX + row * (TITLE_PX + ch + PAD_PX) + TITLE_PX
         if row_titles:
-            fig.text(
-                0.12 / width,
-                bottom + 0.5 * _CELL_IN / height,
+            size = _fit(row_titles[row], ch)
+            label = Image.new("RGB", (ch, LABEL_PX), "white")
+            ImageDraw.Draw(label).text(
+                (ch / 2, LABEL_PX / 2),
                 row_titles[row],
-                rotation=90,
-                ha="center",
-                va="center",
-                fontsize=9,
-                fontweight="bold",
+                fill="black",
+                anchor="mm",
+                font=_font(size),
             )
+            canvas.paste(label.rotate(90, expand=True), (0, y))
         for col in range(n_cols):
-            ax = fig.add_axes(
-                (
-                    (label_in + col * _CELL_IN + 0.05) / width,
-                    bottom,
-                    (_CELL_IN - 0.1) / width,
-                    (_CELL_IN - 0.1) / height,
-                )
-            )
-            ax.set_xticks([])
-            ax.set_yticks([])
+            x = left + PAD_PX + col * (cw + PAD_PX)
             if col == 0:
-                ax.imshow(base, interpolation="nearest")
-                ax.set_title("input", fontsize=9)
-                continue
-            k = row * per_row + col - 1
-            m = display[k]
-            shown = overlay(rgb, m, alpha=opacity, signed=not positive, vmax=1.0)
-            shown = draw_boxes(_enlarge(shown, factor), boxes or [], factor)
-            ax.imshow(shown, interpolation="nearest")
-            title = columns[k][0] + ("\n(all zero)" if not np.any(m) else "")
-            ax.set_title(title, fontsize=9)
-    bar = fig.add_axes(
-        (
-            (label_in + n_cols * _CELL_IN + 0.12) / width,
-            0.5 * _TITLE_IN / height,
-            0.15 / width,
-            1.0 - (1.2 * _TITLE_IN + _TOP_IN) / height,
-        )
+                title, cell = "input", base
+            else:
+                k = row * per_row + col - 1
+                m = display[k]
+                shown = overlay(rgb, m, alpha=opacity, signed=not positive, vmax=1.0)
+                title = columns[k][0] + ("" if np.any(m) else " (all zero)")
+                cell = _cell(shown, factor, boxes)
+                draw.rectangle((x - 1, y - 1, x + cw, y + ch), outline=(60, 60, 60))
+            canvas.paste(Image.fromarray(cell), (x, y))
+            size = _fit(title, cw)
+            draw.text((x + cw / 2, y - 6), title, fill="black", anchor="md", font=_font(size))
+    # the colour bar spans all rows
+    x = left + PAD_PX + n_cols * (cw + PAD_PX) + 4
+    top, bottom = TOP_PX + TITLE_PX, height - PAD_PX
+    canvas.paste(Image.fromarray(_colour_bar(bottom - top, positive)), (x, top))
+    draw.rectangle((x - 1, top - 1, x + BAR_PX, bottom), outline=(60, 60, 60))
+    ticks = (
+        (("max", 0.0), ("half", 0.5), ("0", 1.0))
+        if positive
+        else (("+max", 0.0), ("0", 0.5), ("-max", 1.0))
     )
-    norm = Normalize(0.0, 1.0) if positive else Normalize(-1.0, 1.0)
-    cb = ColorbarBase(bar, cmap=_colorbar_cmap(positive), norm=norm, orientation="vertical")
-    if positive:
-        cb.set_ticks([0.0, 0.5, 1.0])
-        cb.set_ticklabels(["0", "½max", "max"])
-    else:
-        cb.set_ticks([-1.0, 0.0, 1.0])
-        cb.set_ticklabels(["−max", "0", "+max"])
-    cb.ax.tick_params(labelsize=8)
+    small = _font(12)
+    for text, at in ticks:
+        ty = top + at * (bottom - top)
+        draw.line((x + BAR_PX, ty, x + BAR_PX + 4, ty), fill="black")
+        draw.text((x + BAR_PX + 6, ty), text, fill="black", anchor="lm", font=small)
     note = scale_note or (
         ("positive relevance" if positive else "relevance")
         + (" (one scale per row)" if shared else " (each map / its max)")
     )
-    cb.set_label(note, fontsize=8)
-    return figure_rgb(fig)
+    span = bottom - top
+    label = Image.new("RGB", (span, 18), "white")
+    ImageDraw.Draw(label).text(
+        (span / 2, 9), note, fill="black", anchor="mm", font=_font(_fit(note, span, 12))
+    )
+    canvas.paste(label.rotate(90, expand=True), (x + BAR_PX + 40, top))
+    return np.asarray(canvas)
