@@ -39,14 +39,16 @@ def _time(fn, *args, **kwargs) -> tuple[float, float, object]:
     return time.perf_counter() - wall, time.process_time() - cpu, out
 
 
-def measure(model: str, root: Path, repeats: int) -> dict[str, float]:
+def measure(model: str, root: Path, repeats: int, threads: int | None) -> dict[str, float]:
     """Median seconds of each step for one model."""
     weights = None
     if model != "shapes_vgg":
         weights = root / f"{model}.pt"
         torch.manual_seed(0)
         torch.save(get_model(model, num_classes=1000).state_dict(), weights)
-    demo, ctx = create(model, str(weights) if weights else None, root=root / f"serve-{model}")
+    demo, ctx = create(
+        model, str(weights) if weights else None, root=root / f"serve-{model}", threads=threads
+    )
     side = 64 if model == "shapes_vgg" else 256
     image = root / f"{model}-input.png"
     Image.fromarray(generate("multi", 1, seed=0, size=side, start=1)[0].image).save(image)
@@ -100,12 +102,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", default="shapes_vgg,vgg16")
+    parser.add_argument("--threads", type=int, help="torch threads (default: the server's)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models.split(","):
-            results[model] = measure(model, Path(tmp), args.repeats)
+            results[model] = measure(model, Path(tmp), args.repeats, args.threads)
             r = results[model]
             steps = ", ".join(
                 f"{k} {r[k]:.2f} s (cpu {r['cpu'][k]:.2f} s)"

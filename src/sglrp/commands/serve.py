@@ -43,6 +43,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--folder", metavar="DIR", help="offer the image files of this folder")
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch threads (default: 1 for inputs up to 128 pixels, else torch's default)",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -55,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be 1 ... 65535, got {args.port}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
     if args.folder is not None and not Path(args.folder).is_dir():
         raise NotADirectoryError(f"--folder {args.folder} is not a folder")
     from sglrp.server.app import serve
@@ -68,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
             folder=args.folder,
             num_classes=args.num_classes,
             labels=args.labels,
+            threads=args.threads,
         )
     except KeyboardInterrupt:
         return 0

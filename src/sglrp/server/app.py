@@ -9,13 +9,17 @@ import tempfile
 from pathlib import Path
 
 import gradio as gr
+import torch
 
 from .backend import load_bundle
 from .handlers import Context
 from .inputs import folder_images
 from .layout import build
 
-__all__ = ["MAX_FILE_SIZE", "create", "serve"]
+__all__ = ["MAX_FILE_SIZE", "SMALL_INPUT", "create", "serve"]
+
+#: Inputs up to this side (pixels) are explained with one torch thread by default.
+SMALL_INPUT = 128
 
 #: Largest upload accepted by the web server (bigger files are refused before reading).
 MAX_FILE_SIZE = "50mb"
@@ -33,6 +37,7 @@ def create(
     num_classes: int | None = None,
     labels: str | None = None,
     root: str | os.PathLike | None = None,
+    threads: int | None = None,
 ) -> tuple[gr.Blocks, Context]:
     """Load the model and build the page (not yet launched).
 
@@ -44,12 +49,22 @@ def create(
         A folder whose image files the page offers.
     root
         Where the tabs' files go (default: a new temporary folder).
+    threads
+        Torch threads for the server process. ``None``: one thread for inputs of at most
+        :data:`SMALL_INPUT` pixels a side (small convolutions gain nothing from a second
+        thread and lose much when the cores are busy), torch's default otherwise.
     """
     if folder is not None:
         folder_images(folder)  # a missing folder is an error before the model loads
     work = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="sglrp-serve-"))
     work.mkdir(parents=True, exist_ok=True)
     bundle = load_bundle(model, weights, num_classes=num_classes, labels=labels, out=work)
+    if threads is None and int(bundle.settings.crop or 224) <= SMALL_INPUT:
+        threads = 1
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
     ctx = Context(bundle, work, Path(folder) if folder is not None else None)
     demo = build(ctx)
     demo.queue(default_concurrency_limit=1, max_size=64)
@@ -65,9 +80,12 @@ def serve(
     folder: str | os.PathLike | None = None,
     num_classes: int | None = None,
     labels: str | None = None,
+    threads: int | None = None,
 ) -> None:
     """Serve the page on ``http://host:port`` until interrupted; remove its files after."""
-    demo, ctx = create(model, weights, folder=folder, num_classes=num_classes, labels=labels)
+    demo, ctx = create(
+        model, weights, folder=folder, num_classes=num_classes, labels=labels, threads=threads
+    )
     theme = gr.themes.Default(font=_FONTS, font_mono=_MONO)
     try:
         demo.launch(
@@ -83,7 +101,8 @@ def serve(
             prevent_thread_lock=True,
         )
         print(
-            f"sglrp serve: http://{host}:{port} ({ctx.bundle.describe()}); Ctrl+C stops",
+            f"sglrp serve: http://{host}:{port} ({ctx.bundle.describe()}, "
+            f"{torch.get_num_threads()} threads); Ctrl+C stops",
             flush=True,
         )
         demo.block_thread()
