@@ -106,8 +106,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     results = {}
+    default_threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models.split(","):
+            torch.set_num_threads(default_threads)  # the server's choice applies per model
             results[model] = measure(model, Path(tmp), args.repeats, args.threads)
             r = results[model]
             steps = ", ".join(

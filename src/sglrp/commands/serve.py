@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--threads",
         type=int,
         metavar="N",
-        help="torch threads (default: 1 for inputs up to 128 pixels, else torch's default)",
+        help="torch threads (default: 1 for inputs up to 128 pixels, else one per core but one)",
     )
     p.set_defaults(func=run)
     return p

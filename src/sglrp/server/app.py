@@ -16,7 +16,7 @@ from .handlers import Context
 from .inputs import folder_images
 from .layout import build
 
-__all__ = ["MAX_FILE_SIZE", "SMALL_INPUT", "create", "serve"]
+__all__ = ["MAX_FILE_SIZE", "SMALL_INPUT", "create", "default_threads", "serve"]
 
 #: Inputs up to this side (pixels) are explained with one torch thread by default.
 SMALL_INPUT = 128
@@ -27,6 +27,20 @@ MAX_FILE_SIZE = "50mb"
 #: System fonts only: the default theme would fetch web fonts from the internet.
 _FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]
 _MONO = ["ui-monospace", "monospace"]
+
+
+def default_threads(side: int) -> int:
+    """Torch threads for inputs of ``side`` pixels: one core is left to the web server.
+
+    One thread for inputs up to :data:`SMALL_INPUT` pixels (small convolutions gain nothing
+    from more), else ``cpu_count - 1`` (at most torch's default). On 2 cores that is one
+    thread: on a busy machine two threads cost VGG16 at 224 six times the wall time
+    (45 s instead of 7 s per click, measured at load average 7 with
+    ``benchmarks/serve_latency.py``), as each waits for the other's core.
+    """
+    if side <= SMALL_INPUT:
+        return 1
+    return max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) - 1))
 
 
 def create(
@@ -50,21 +64,17 @@ def create(
     root
         Where the tabs' files go (default: a new temporary folder).
     threads
-        Torch threads for the server process. ``None``: one thread for inputs of at most
-        :data:`SMALL_INPUT` pixels a side (small convolutions gain nothing from a second
-        thread and lose much when the cores are busy), torch's default otherwise.
+        Torch threads for the server process. ``None``: :func:`default_threads`.
     """
     if folder is not None:
         folder_images(folder)  # a missing folder is an error before the model loads
     work = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="sglrp-serve-"))
     work.mkdir(parents=True, exist_ok=True)
     bundle = load_bundle(model, weights, num_classes=num_classes, labels=labels, out=work)
-    if threads is None and int(bundle.settings.crop or 224) <= SMALL_INPUT:
-        threads = 1
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be at least 1, got {threads}")
-        torch.set_num_threads(threads)
+    threads = default_threads(int(bundle.settings.crop or 224)) if threads is None else threads
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    torch.set_num_threads(threads)
     ctx = Context(bundle, work, Path(folder) if folder is not None else None)
     demo = build(ctx)
     demo.queue(default_concurrency_limit=1, max_size=64)
