@@ -421,3 +421,15 @@ def test_contrast_class_moves_off_the_target_and_redraw_needs_no_model(context, 
     assert context.other_class(first, state, second) == {"__type__": "update"}  # unchanged
     picture, maps, contrast = context.redraw(state, True, 0.3, True, True)
     assert picture.shape == (256, 256, 3) and maps is None and contrast is None
+
+
+def test_page_is_offline_and_threads_leave_a_core(context):
+    import os
+
+    from sglrp.server.app import SMALL_INPUT, default_threads
+    from sglrp.server.layout import build
+
+    assert build(context).analytics_enabled is False  # no analytics, no version check
+    assert default_threads(SMALL_INPUT) == 1
+    cores = os.cpu_count() or 2
+    assert default_threads(224) == max(1, min(torch.get_num_threads(), cores - 1))
