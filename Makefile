@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+APP_STAMP := $(VENV)/.app-installed
+SERVE_ARGS ?=
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format bench clean app test-app serve
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +17,21 @@ $(STAMP): pyproject.toml
 	# zennit pins torchvision, which cannot be imported here: install it alone.
 	$(PY) -m pip install --quiet --no-deps "zennit==0.5.1"
 	touch $(STAMP)
+
+# `sglrp serve` needs the app extra (gradio); its browser test needs Playwright and Debian's
+# Chromium (`apt-get install chromium`; Playwright drives /usr/bin/chromium, it downloads none).
+$(APP_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e ".[test,app,app-test]"
+	touch $(APP_STAMP)
+
+app: $(APP_STAMP)
+
+test-app: $(APP_STAMP)
+	SGLRP_SCREENSHOTS=build/screenshots $(PY) -m pytest -q -p no:cacheprovider \
+		tests/test_server.py tests/test_server_browser.py
+
+serve: $(APP_STAMP)
+	$(VENV)/bin/sglrp serve $(SERVE_ARGS)
 
 demo: $(STAMP)
 	$(VENV)/bin/sglrp reproduce --out report

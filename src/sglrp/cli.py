@@ -11,10 +11,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .commands import evaluate, explain, inspect, paths, reproduce, train
+from .commands import evaluate, explain, inspect, paths, reproduce, serve, train
 
 #: The sub-commands, in the order ``sglrp --help`` lists them.
-COMMANDS = (explain, inspect, train, evaluate, reproduce, paths)
+COMMANDS = (explain, inspect, train, evaluate, reproduce, paths, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
