@@ -2,7 +2,8 @@
 
 Each command lives in ``sglrp.commands.<name>`` and exposes ``register(subparsers)``, which
 adds its parser and sets ``func`` to a callable ``(args) -> int``. Errors become one line on
-stderr and a non-zero exit status; ``--debug`` shows the traceback instead.
+stderr and a non-zero exit status; ``--debug`` (before or after the command) shows the
+traceback instead. ``python -m sglrp`` runs the same entry point.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from . import __version__
 from .commands import evaluate, explain, paths, reproduce, train
 
 #: The sub-commands, in the order ``sglrp --help`` lists them.
@@ -22,10 +24,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sglrp",
         description="Explain image classifiers with SGLRP and the methods it is compared with.",
     )
+    parser.add_argument("--version", action="version", version=f"sglrp {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
         command.register(subparsers)
+    for sub in subparsers.choices.values():  # global flags are accepted after the command too
+        sub.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
     return parser
 
 

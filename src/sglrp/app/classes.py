@@ -5,12 +5,23 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 
-__all__ = ["class_name", "resolve_target"]
+__all__ = ["class_name", "format_probability", "resolve_target"]
 
 
 def class_name(classes: Sequence[str] | None, index: int) -> str:
     """Name of class ``index``, or ``"class <index>"`` without names."""
     return classes[index] if classes else f"class {index}"
+
+
+def format_probability(p: float) -> str:
+    """A probability with enough digits to tell it from 0: ``0.9612``, ``0.0123``, ``3.1e-05``.
+
+    Four decimals from 0.001 up, two significant digits in scientific notation below, ``0``
+    only for an exact zero.
+    """
+    if p == 0:
+        return "0"
+    return f"{p:.4f}" if p >= 1e-3 else f"{p:.2g}"
 
 
 def resolve_target(spec: str, classes: Sequence[str] | None, num_classes: int) -> str | int:

@@ -11,8 +11,9 @@ For every image, its folder receives
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import difflib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,21 @@ from .. import __version__
 from .._guard import preserved
 from ..api import explain
 from ..atomic import atomic_path, write_json
+from ..feature_layer import feature_layers
 from ..images import load_image, preprocess
 from ..loading import ModelBundle
 from ..methods import get
 from ..viz import comparison_grid, save_map_png
-from .classes import class_name
+from .classes import class_name, format_probability
 
-__all__ = ["Settings", "expand_images", "explain_image", "unique_dirs"]
+__all__ = [
+    "Settings",
+    "check_layer",
+    "expand_images",
+    "explain_image",
+    "explain_images",
+    "unique_dirs",
+]
 
 _TOP = 5
 
@@ -55,6 +64,26 @@ class Settings:
     out: Path
     model_spec: str
     weights: str | None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    batch_size: int = 1
+
+
+def check_layer(model: torch.nn.Module, layer: str) -> None:
+    """Raise ``ValueError`` unless ``layer`` names a module of ``model``.
+
+    The message suggests close matches among the convolutional (feature) layers
+    (:func:`sglrp.feature_layer.feature_layers`), which is where a CAM layer lives, and
+    lists the last of them.
+    """
+    names = [n for n, _ in model.named_modules() if n]
+    if layer in names:
+        return
+    convs = feature_layers(model) or names
+    close = difflib.get_close_matches(layer, convs, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ValueError(
+        f"unknown layer {layer!r}.{hint} Last conv/feature layers: {', '.join(convs[-6:])}"
+    )
 
 
 def expand_images(items: Sequence[str]) -> list[Path]:
@@ -84,37 +113,127 @@ def unique_dirs(paths: Sequence[Path], out: Path) -> list[Path]:
     return dirs
 
 
-def _relevance(s: Settings, x: torch.Tensor, target: int, method: str) -> torch.Tensor:
+@dataclass
+class _Item:
+    """One image on its way through :func:`explain_images`."""
+
+    path: Path
+    out_dir: Path
+    image: Image.Image
+    x: torch.Tensor
+    shown: Image.Image
+
+
+def _relevance(s: Settings, x: torch.Tensor, targets: torch.Tensor, method: str) -> torch.Tensor:
     record = get(method)
     options: dict[str, Any] = {}
     if record.takes_rules:
-        options.update(rules=s.rules, bounds=s.bounds)
+        low, high = s.bounds
+        options.update(rules=s.rules, bounds=(low.to(x.device), high.to(x.device)))
     if record.takes_layer and s.layer is not None:
         options["layer"] = s.layer
-    return explain(s.bundle.model, x, torch.tensor([target]), method=method, **options)
+    return explain(s.bundle.model, x, targets, method=method, **options)
+
+
+def _pick(s: Settings, order: list[int]) -> int:
+    if s.target == "predicted":
+        return order[0]
+    if s.target == "second":
+        return order[1]
+    return int(s.target)
+
+
+def _compute(
+    s: Settings, x: torch.Tensor
+) -> tuple[torch.Tensor, list[list[int]], list[int], dict[str, torch.Tensor]]:
+    """Logits, class orders, targets and every method's maps of a batch (on the CPU)."""
+    x = x.to(s.device)
+    with preserved(s.bundle.model), torch.no_grad():
+        logits = s.bundle.model(x).float().cpu()
+    orders = torch.argsort(logits, dim=1, descending=True).tolist()
+    targets = [_pick(s, order) for order in orders]
+    t = torch.tensor(targets, device=s.device)
+    maps: dict[str, torch.Tensor] = {}
+    for method in s.methods:
+        r = _relevance(s, x, t, method).detach().float().cpu()
+        for i in range(len(r)):
+            if not torch.isfinite(r[i]).all():
+                raise ValueError(f"{method} gave NaN or Inf relevance")
+        maps[method] = r
+    return logits, orders, targets, maps
+
+
+def explain_images(
+    s: Settings,
+    paths: Sequence[Path],
+    dirs: Sequence[Path],
+    on_error: Callable[[Path, BaseException], None],
+) -> Iterator[tuple[Path, Path, dict[str, Any]]]:
+    """Explain image files ``s.batch_size`` at a time; yield ``(path, folder, summary)``.
+
+    An image that cannot be read, or whose maps fail, is passed to ``on_error`` and skipped;
+    a batch that fails is computed again image by image so that only the culprit fails.
+    """
+    for lo in range(0, len(paths), s.batch_size):
+        items = []
+        chunk = slice(lo, lo + s.batch_size)
+        for path, out_dir in zip(paths[chunk], dirs[chunk], strict=True):
+            try:
+                image = load_image(path)
+                x, shown = preprocess(image, s.size, s.crop, s.mean, s.std)
+            except Exception as err:  # noqa: BLE001 - one bad image does not stop the others
+                on_error(path, err)
+                continue
+            items.append(_Item(path, out_dir, image, x, shown))
+        groups: dict[tuple[int, ...], list[_Item]] = {}
+        for item in items:  # images of one input shape share a batch
+            groups.setdefault(tuple(item.x.shape), []).append(item)
+        for group in groups.values():
+            yield from _explain_group(s, group, on_error)
+
+
+def _explain_group(
+    s: Settings, group: list[_Item], on_error: Callable[[Path, BaseException], None]
+) -> Iterator[tuple[Path, Path, dict[str, Any]]]:
+    try:
+        logits, orders, targets, maps = _compute(s, torch.cat([it.x for it in group]))
+    except Exception as err:  # noqa: BLE001 - find the image that fails
+        if len(group) == 1:
+            on_error(group[0].path, err)
+            return
+        for item in group:
+            yield from _explain_group(s, [item], on_error)
+        return
+    for i, item in enumerate(group):
+        try:
+            one = {m: r[i : i + 1] for m, r in maps.items()}
+            summary = _write(s, item, logits[i], orders[i], targets[i], one)
+        except Exception as err:  # noqa: BLE001 - one bad image does not stop the others
+            on_error(item.path, err)
+            continue
+        yield item.path, item.out_dir, summary
 
 
 def explain_image(s: Settings, path: Path, out_dir: Path) -> dict[str, Any]:
     """Explain one image file and write its outputs; return the JSON summary."""
-    image = load_image(path)
-    x, shown = preprocess(image, s.size, s.crop, s.mean, s.std)
-    with preserved(s.bundle.model), torch.no_grad():
-        logits = s.bundle.model(x).float()[0]
-    probs = torch.softmax(logits, dim=0)
-    order = torch.argsort(probs, descending=True).tolist()
-    if s.target == "predicted":
-        target = order[0]
-    elif s.target == "second":
-        target = order[1]
-    else:
-        target = int(s.target)
+    errors: list[BaseException] = []
+    done = list(explain_images(s, [path], [out_dir], lambda p, e: errors.append(e)))
+    if errors:
+        raise errors[0]
+    return done[0][2]
 
-    maps: dict[str, torch.Tensor] = {}
-    for method in s.methods:
-        r = _relevance(s, x, target, method).detach().float()
-        if not torch.isfinite(r).all():
-            raise ValueError(f"{method} gave NaN or Inf relevance")
-        maps[method] = r
+
+def _write(
+    s: Settings,
+    item: _Item,
+    logits: torch.Tensor,
+    order: list[int],
+    target: int,
+    maps: dict[str, torch.Tensor],
+) -> dict[str, Any]:
+    """Write one image's outputs from its logits and maps; return the JSON summary."""
+    path, out_dir, image, x, shown = item.path, item.out_dir, item.image, item.x, item.shown
+    probs = torch.softmax(logits, dim=0)
 
     def entry(i: int) -> dict[str, Any]:
         return {
@@ -131,8 +250,8 @@ def explain_image(s: Settings, path: Path, out_dir: Path) -> dict[str, Any]:
     comparison_grid(
         x,
         maps,
-        row_titles=[f"{path.name}: predicted {p_name} ({p_prob:.2f})"],
-        column_titles=[f"target: {t_name} ({t_prob:.2f})", *s.methods],
+        row_titles=[f"{path.name}: predicted {p_name} ({format_probability(p_prob)})"],
+        column_titles=[f"target: {t_name} ({format_probability(t_prob)})", *s.methods],
         signed=signed,
         mean=s.mean,
         std=s.std,

@@ -21,7 +21,7 @@ generated multi-object shapes image.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,7 @@ class PathsRequest:
     size: int | None
     out: str
     batch_size: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
 def _parse_k(text: str) -> int | None:
@@ -155,10 +156,11 @@ def analyse(args: PathsRequest) -> int:
             f"{args.model} is compiled TorchScript; neuron analysis needs the model's layers: "
             "pass --model NAME --weights FILE or module:factory"
         )
-    model = bundle.model
+    model = bundle.model.to(args.device)  # the loader's own copy
     mean, std = tuple(bundle.mean), tuple(bundle.std)
     size = args.size or bundle.size
     x, shown, image_info = load_input(args.image, size, mean, std)
+    x = x.to(args.device)
     bounds = bounds_from_normalization(mean, std)
 
     layers = neuron_layers(model, x)

@@ -10,16 +10,14 @@ other images are still processed and the exit status is 1.
 from __future__ import annotations
 
 import argparse
-import difflib
 import sys
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tqdm import tqdm
 
-from ..app.classes import resolve_target
+from ..app.classes import format_probability, resolve_target
 from ..app.config import PAPER_METHODS
-from ..app.explain import Settings, expand_images, explain_image, unique_dirs
+from ..app.explain import Settings, check_layer, expand_images, explain_images, unique_dirs
 from ..images import read_labels
 from ..loading import SHIPPED, load_model, output_size
 from ..methods import get, methods
@@ -27,7 +25,7 @@ from ..presets import PRESETS, bounds_from_normalization
 from .options import (
     add_compute_options,
     add_model_options,
-    apply_threads,
+    check_compute,
     check_out,
     method_help,
     parse_floats,
@@ -88,7 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default="signed",
         help="signed maps (red +, blue -; default) or positive relevance only (the paper)",
     )
-    add_compute_options(p, device=False)
+    add_compute_options(p, batch_size=8, batch_help="images per forward/backward pass")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
@@ -97,6 +95,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def prepare(args: argparse.Namespace) -> Settings:
     """Check every option and load the model; raises on the first problem."""
     out = check_out(args.out)
+    device = check_compute(args)
     method_names = parse_methods(args.method)
     if args.rules not in PRESETS:
         raise ValueError(f"unknown rules preset {args.rules!r}; available: {', '.join(PRESETS)}")
@@ -146,13 +145,9 @@ def prepare(args: argparse.Namespace) -> Settings:
         if not any(get(m).takes_layer for m in method_names):
             layered = [m.name for m in methods() if m.takes_layer]
             raise ValueError(f"--layer applies to {', '.join(layered)}; none was requested")
-        names = [n for n, _ in bundle.model.named_modules() if n]
-        if args.layer not in names:
-            close = difflib.get_close_matches(args.layer, names, n=3)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
-            shown = ", ".join(names[-6:])
-            raise ValueError(f"unknown layer {args.layer!r}.{hint} Last layers: {shown}")
+        check_layer(bundle.model, args.layer)
     low, high = bounds_from_normalization(mean, std)
+    bundle.model.to(device)  # the loader's own copy, not the user's model
     return Settings(
         bundle=bundle,
         methods=method_names,
@@ -170,6 +165,8 @@ def prepare(args: argparse.Namespace) -> Settings:
         out=out,
         model_spec=args.model,
         weights=args.weights,
+        device=device,
+        batch_size=args.batch_size,
     )
 
 
@@ -178,32 +175,31 @@ def _line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _bar(items: Sequence[Path], quiet: bool) -> Iterator[Path]:
-    return tqdm(
-        items, desc="explain", unit="image", file=sys.stderr, disable=True if quiet else None
-    )
-
-
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``sglrp explain``; returns the exit status."""
-    apply_threads(args.threads)
     settings = prepare(args)
     images = expand_images(args.images)
     dirs = unique_dirs(images, settings.out)
     failed = 0
-    bar = _bar(images, args.no_progress)
-    for path, out_dir in zip(bar, dirs, strict=True):
-        try:
-            summary = explain_image(settings, path, out_dir)
-        except Exception as err:  # noqa: BLE001 - one line per bad image, then go on
-            failed += 1
-            message = _line(err)
-            if str(path) not in message:
-                message = f"{path}: {message}"
-            tqdm.write(f"sglrp explain: error: {message}", file=sys.stderr)
-            continue
-        t = summary["target"]
-        tqdm.write(f"{path}: {t['name']} ({t['probability']:.3f}) -> {out_dir}", file=sys.stdout)
+
+    def on_error(path: Path, err: BaseException) -> None:
+        nonlocal failed
+        failed += 1
+        message = _line(err)
+        if str(path) not in message:
+            message = f"{path}: {message}"
+        tqdm.write(f"sglrp explain: error: {message}", file=sys.stderr)
+        bar.update(1)
+
+    quiet = True if args.no_progress else None
+    bar = tqdm(total=len(images), desc="explain", unit="image", file=sys.stderr, disable=quiet)
+    with bar:
+        for path, out_dir, summary in explain_images(settings, images, dirs, on_error):
+            t = summary["target"]
+            p = format_probability(t["probability"])
+            tqdm.write(f"{path}: {t['name']} ({p}) -> {out_dir}", file=sys.stdout)
+            bar.update(1)
     done = len(images) - failed
-    print(f"explained {done} of {len(images)} images into {settings.out}")
+    if done:  # after failures only, their error lines say it all
+        print(f"explained {done} of {len(images)} images into {settings.out}")
     return 1 if failed else 0

@@ -23,10 +23,12 @@ __all__ = [
     "add_model_options",
     "add_run_options",
     "apply_threads",
+    "check_compute",
     "check_out",
     "method_help",
     "parse_floats",
     "parse_methods",
+    "resolve_device",
 ]
 
 
@@ -57,12 +59,23 @@ def add_model_options(
         parser.add_argument("--num-classes", type=int, metavar="N", help="number of model outputs")
 
 
-def add_compute_options(parser: argparse.ArgumentParser, *, device: bool = True) -> None:
-    """``--threads`` (and ``--device``)."""
-    if device:
-        parser.add_argument(
-            "--device", default="auto", choices=("auto", "cpu", "cuda"), help="compute device"
-        )
+def add_compute_options(
+    parser: argparse.ArgumentParser, *, batch_size: int = 16, batch_help: str = "images per batch"
+) -> None:
+    """``--device``, ``--batch-size`` and ``--threads``: every command that computes has them."""
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda"),
+        help="compute device (default auto: CUDA when available)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=batch_size,
+        metavar="B",
+        help=f"{batch_help} (default {batch_size})",
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -73,15 +86,40 @@ def add_compute_options(parser: argparse.ArgumentParser, *, device: bool = True)
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     """Options of the evaluation commands (``evaluate``, ``reproduce``)."""
-    add_model_options(parser, default="shapes_vgg", weights=False, classes=False)
+    add_model_options(parser, default="shapes_vgg", classes=False)
+    parser.add_argument(
+        "--labels",
+        metavar="FILE",
+        help="class names of a model that has none (one per line, or a JSON list / object); "
+        "they must be the names used in the VOC annotations",
+    )
     parser.add_argument(
         "--data",
         default="builtin",
-        help="'builtin' (generated multi- and single-object images) or a VOC folder",
+        help="'builtin' (generated multi- and single-object images) or a VOC folder "
+        "(Annotations/, JPEGImages/)",
     )
     parser.add_argument("--seed", type=int, default=0, help="data and random-baseline seed")
     add_compute_options(parser)
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+
+
+def check_compute(args: argparse.Namespace) -> torch.device:
+    """Apply ``--threads``, check ``--batch-size`` and return the ``--device`` to use."""
+    apply_threads(args.threads)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    return resolve_device(args.device)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` (CUDA when available, else CPU), ``"cpu"`` or ``"cuda"`` as a device."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but CUDA is not available; use --device cpu")
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda")
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return torch.device("cuda" if cuda else "cpu")
 
 
 def apply_threads(threads: int | None) -> None:

@@ -9,7 +9,7 @@ import argparse
 
 from ..app.config import DEFAULT_METHODS, METRIC_NAMES, EvalConfig
 from ..app.reproduce import FULL, QUICK, reproduce
-from .options import add_run_options, apply_threads, check_out
+from .options import add_run_options, check_compute, check_out
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,17 +35,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="images per built-in split (overrides the default / --quick size)",
     )
-    p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     """Evaluate, draw the grids, write the report; print its path."""
-    apply_threads(args.threads)
+    check_compute(args)
     check_out(args.out)
     preset = QUICK if args.quick else FULL
     cfg = EvalConfig(
         model=args.model,
+        weights=args.weights,
+        labels=args.labels,
         data=args.data,
         methods=DEFAULT_METHODS,
         metrics=METRIC_NAMES,
