@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 
 from . import __version__
@@ -42,6 +43,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    with warnings.catch_warnings():  # sglrp's own warnings are one line too
+        show = warnings.showwarning
+
+        def one_line(message, category, *rest, **kw):  # noqa: ANN001, ANN202
+            if not category.__module__.startswith("sglrp"):
+                return show(message, category, *rest, **kw)
+            print(f"sglrp {args.command}: warning: {message}", file=sys.stderr)
+
+        warnings.showwarning = one_line
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

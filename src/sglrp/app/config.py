@@ -192,6 +192,8 @@ class EvalConfig:
         identity, not its path).
     labels
         Class-names file for a model that has none.
+    random_weights
+        Seed of random weights asked for on purpose (``--random-weights``).
     data
         ``"builtin"`` (generated ``multi`` and ``single`` images) or a VOC folder.
     methods, metrics
@@ -212,6 +214,7 @@ class EvalConfig:
     model: str = "shapes_vgg"
     weights: str | None = None
     labels: str | None = None
+    random_weights: int | None = None
     data: str = "builtin"
     methods: tuple[str, ...] = DEFAULT_METHODS
     metrics: tuple[str, ...] = METRIC_NAMES
@@ -228,9 +231,10 @@ class EvalConfig:
         d = asdict(self)
         d.pop("device")
         d.pop("weights")  # the runner adds the weights' SHA-256
-        if self.labels is None:
-            d.pop("labels")
-        else:
+        for key in ("labels", "random_weights"):  # unset: as in runs before these existed
+            if d[key] is None:
+                d.pop(key)
+        if self.labels is not None:
             d["labels"] = str(Path(self.labels).resolve())
         d["data"] = _data_identity(self.data)
         return json.loads(json.dumps(d))

@@ -311,5 +311,6 @@ def _model_summary(s: Settings) -> dict[str, Any]:
         "kind": s.bundle.kind,
         "num_classes": s.num_classes,
         "notes": s.bundle.notes,
+        "random_weights": s.bundle.random_weights,
         "sha256": s.bundle.weights or None,
     }

@@ -84,6 +84,7 @@ class PathsRequest:
     size: int | None
     out: str
     batch_size: int
+    random_weights: int | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
@@ -150,7 +151,7 @@ def analyse(args: PathsRequest) -> int:
     if args.size is not None and args.size < 8:
         raise ValueError(f"--size must be at least 8 pixels, got {args.size}")
 
-    bundle = load_model(args.model, args.weights, args.num_classes)
+    bundle = load_model(args.model, args.weights, args.num_classes, args.random_weights)
     if bundle.compiled:
         raise ValueError(
             f"{args.model} is compiled TorchScript; neuron analysis needs the model's layers: "

@@ -57,7 +57,7 @@ __all__ = ["load_model", "run", "write_outputs"]
 
 def load_model(cfg: EvalConfig) -> ModelBundle:
     """The model of ``cfg`` with its class names (:func:`sglrp.app.sources.load_run_model`)."""
-    return load_run_model(cfg.model, cfg.weights, cfg.labels)
+    return load_run_model(cfg.model, cfg.weights, cfg.labels, cfg.random_weights)
 
 
 def run(

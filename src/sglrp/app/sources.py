@@ -39,10 +39,15 @@ class DataSource:
 BUILTIN_N = 48
 
 
-def load_run_model(spec: str, weights: str | None = None, labels: str | None = None) -> ModelBundle:
+def load_run_model(
+    spec: str,
+    weights: str | None = None,
+    labels: str | None = None,
+    random_weights: int | None = None,
+) -> ModelBundle:
     """The model an evaluation runs (any :func:`sglrp.loading.load_model` spec) with its
     class names: the model's own, or those of the ``labels`` file (one per output)."""
-    bundle = load_model(spec, weights)
+    bundle = load_model(spec, weights, random_weights=random_weights)
     if labels is not None:
         names = tuple(read_labels(labels))
         n = output_size(bundle.model, bundle.size)

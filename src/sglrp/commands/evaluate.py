@@ -59,6 +59,7 @@ def main(args: argparse.Namespace) -> int:
         model=args.model,
         weights=args.weights,
         labels=args.labels,
+        random_weights=args.random_weights,
         data=args.data,
         methods=tuple(parse_methods(args.methods, "--methods")),
         metrics=tuple(resolve_metrics(args.metrics)),

@@ -112,7 +112,7 @@ def prepare(args: argparse.Namespace) -> Settings:
     if num_classes is None and labels is not None and args.model not in SHIPPED:
         num_classes = len(labels)
 
-    bundle = load_model(args.model, args.weights, num_classes)
+    bundle = load_model(args.model, args.weights, num_classes, args.random_weights)
     if bundle.compiled:
         safe = [m.name for m in methods() if not m.needs_layers]
         blocked = [m for m in method_names if get(m).needs_layers]

@@ -55,6 +55,13 @@ def add_model_options(
         parser.add_argument(
             "--weights", metavar="FILE", help="state_dict file (torch.save(model.state_dict()))"
         )
+        parser.add_argument(
+            "--random-weights",
+            type=int,
+            metavar="SEED",
+            help="a zoo/shipped model or module:factory with random weights drawn under SEED, "
+            "on purpose (e.g. the model-randomisation sanity check); recorded in the outputs",
+        )
     if classes:
         parser.add_argument("--num-classes", type=int, metavar="N", help="number of model outputs")
 

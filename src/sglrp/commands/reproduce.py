@@ -47,6 +47,7 @@ def main(args: argparse.Namespace) -> int:
         model=args.model,
         weights=args.weights,
         labels=args.labels,
+        random_weights=args.random_weights,
         data=args.data,
         methods=DEFAULT_METHODS,
         metrics=METRIC_NAMES,
