@@ -57,7 +57,7 @@ from ..viz import (
     path_figure,
     save_map_png,
 )
-from .classes import resolve_target
+from .classes import default_classes, format_probability, resolve_target
 
 __all__ = ["PathsRequest", "analyse", "load_input"]
 
@@ -179,6 +179,9 @@ def analyse(args: PathsRequest) -> int:
     num_classes = int(logits.shape[1])
     if classes is not None and len(classes) != num_classes:
         classes = None
+    classes, note = default_classes(classes, num_classes)
+    if note:
+        bundle.notes.append(note)
     target = resolve_target(args.target, classes, num_classes)
     t = int(logits.argmax(1)) if target == "predicted" else None
     if target == "second":
@@ -272,7 +275,9 @@ def analyse(args: PathsRequest) -> int:
         heat,
         mean=mean,
         std=std,
-        row_titles=[f"{args.method.upper()} for '{t_name}' (p = {float(probs[t]):.2f})"],
+        row_titles=[
+            f"{args.method.upper()} for '{t_name}' (p = {format_probability(float(probs[t]))})"
+        ],
         path=out / "heatmaps.png",
     )
     files["heatmaps"] = "heatmaps.png"

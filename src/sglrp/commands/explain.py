@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..app.classes import format_probability, resolve_target
+from ..app.classes import default_classes, format_probability, resolve_target
 from ..app.config import PAPER_METHODS
 from ..app.explain import Settings, check_layer, expand_images, explain_images, unique_dirs
 from ..images import read_labels
@@ -133,7 +133,9 @@ def prepare(args: argparse.Namespace) -> Settings:
     )
 
     out_classes = output_size(bundle.model, crop)
-    classes = labels or bundle.classes
+    classes, note = default_classes(labels or bundle.classes, out_classes)
+    if note:
+        bundle.notes.append(note)
     if classes is not None and len(classes) != out_classes:
         source = f"--labels {args.labels}" if labels else "the model's class list"
         raise ValueError(
