@@ -4,7 +4,10 @@ For every image, its folder receives
 
 * ``grid.png``: the input and one column per method (:func:`sglrp.viz.comparison_grid`),
 * ``<method>.png``: each map on its own, ``<method>.npy``: the raw relevance (C, H, W),
-* ``input.png``: the resized and cropped image the model saw,
+* ``<method>_overlay.png``: the map over the original image at its own resolution (the map
+  upsampled from the model input and the crop or padding mapped back,
+  :func:`sglrp.framing.to_original`; parts the model did not see are darkened),
+* ``input.png``: the framed image the model saw (:func:`sglrp.framing.frame_image`),
 * ``explanation.json``: top-5 classes, the target, the methods and every option (written
   last, so its presence means the image's outputs are complete).
 """
@@ -26,10 +29,11 @@ from .._guard import preserved
 from ..api import explain
 from ..atomic import atomic_path, write_json
 from ..feature_layer import feature_layers
-from ..images import load_image, preprocess
+from ..framing import Framing, frame_image, to_original
+from ..images import load_image, to_tensor
 from ..loading import ModelBundle
 from ..methods import get
-from ..viz import comparison_grid, save_map_png
+from ..viz import comparison_grid, overlay, positive_map, save_map_png, signed_map
 from .classes import class_name, format_probability
 
 __all__ = [
@@ -66,6 +70,8 @@ class Settings:
     weights: str | None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     batch_size: int = 1
+    crop_mode: str = "center"
+    cmap: str | None = None
 
 
 def check_layer(model: torch.nn.Module, layer: str) -> None:
@@ -86,16 +92,16 @@ def check_layer(model: torch.nn.Module, layer: str) -> None:
     )
 
 
-def expand_images(items: Sequence[str]) -> list[Path]:
-    """Command-line images; a directory stands for the image files directly inside it."""
+def expand_images(items: Sequence[str], recursive: bool = False) -> list[Path]:
+    """Command-line images; a directory stands for the image files directly inside it (and
+    in its sub-folders with ``recursive``), sorted by path."""
     suffixes = {s.lower() for s in Image.registered_extensions()}
     out: list[Path] = []
     for item in items:
         path = Path(item)
         if path.is_dir():
-            files = sorted(
-                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes
-            )
+            found = path.rglob("*") if recursive else path.iterdir()
+            files = sorted(p for p in found if p.is_file() and p.suffix.lower() in suffixes)
             out.extend(files or [path])  # an empty folder is reported as a bad image
         else:
             out.append(path)
@@ -122,6 +128,7 @@ class _Item:
     image: Image.Image
     x: torch.Tensor
     shown: Image.Image
+    framing: Framing
 
 
 def _relevance(s: Settings, x: torch.Tensor, targets: torch.Tensor, method: str) -> torch.Tensor:
@@ -180,11 +187,13 @@ def explain_images(
         for path, out_dir in zip(paths[chunk], dirs[chunk], strict=True):
             try:
                 image = load_image(path)
-                x, shown = preprocess(image, s.size, s.crop, s.mean, s.std)
+                fill = tuple(int(round(255 * m)) for m in s.mean)  # zero after normalising
+                shown, framing = frame_image(image, s.crop_mode, s.size, s.crop, fill)
+                x = to_tensor(shown, s.mean, s.std)
             except Exception as err:  # noqa: BLE001 - one bad image does not stop the others
                 on_error(path, err)
                 continue
-            items.append(_Item(path, out_dir, image, x, shown))
+            items.append(_Item(path, out_dir, image, x, shown, framing))
         groups: dict[tuple[int, ...], list[_Item]] = {}
         for item in items:  # images of one input shape share a batch
             groups.setdefault(tuple(item.x.shape), []).append(item)
@@ -256,17 +265,20 @@ def _write(
         mean=s.mean,
         std=s.std,
         path=out_dir / "grid.png",
+        cmap=s.cmap,
     )
     files = []
     for method, r in maps.items():
         arr = r[0].numpy().astype(np.float32)
         with atomic_path(out_dir / f"{method}.npy") as tmp:
             np.save(tmp, arr)
-        save_map_png(arr, out_dir / f"{method}.png", signed=signed)
+        save_map_png(arr, out_dir / f"{method}.png", signed=signed, cmap=s.cmap)
+        _write_overlay(s, item, arr, out_dir / f"{method}_overlay.png")
         files.append(
             {
                 "name": method,
                 "png": f"{method}.png",
+                "overlay": f"{method}_overlay.png",
                 "npy": f"{method}.npy",
                 "shape": list(arr.shape),
                 "sum": float(arr.sum()),
@@ -281,6 +293,7 @@ def _write(
         "image": str(path),
         "image_size": list(image.size),
         "input_shape": list(x.shape),
+        "framing": item.framing.as_dict(),
         "model": _model_summary(s),
         "target": {"requested": str(s.target), **entry(target)},
         "top5": [entry(i) for i in order[:_TOP]],
@@ -292,6 +305,8 @@ def _write(
             "bounds": {"low": low.tolist(), "high": high.tolist()},
             "size": s.size,
             "crop": s.crop,
+            "crop_mode": s.crop_mode,
+            "cmap": s.cmap,
             "mean": list(s.mean),
             "std": list(s.std),
             "layer": s.layer,
@@ -302,6 +317,16 @@ def _write(
     }
     write_json(out_dir / "explanation.json", summary)
     return summary
+
+
+def _write_overlay(s: Settings, item: _Item, relevance: np.ndarray, path: Path) -> None:
+    """The display map upsampled onto the original image (darkened where not seen)."""
+    signed = s.display == "signed"
+    m = signed_map(relevance) if signed else positive_map(relevance)
+    values, seen = to_original(m, item.framing)
+    rgb = overlay(item.image, values, signed=signed, cmap=s.cmap, vmax=1.0, seen=seen)
+    with atomic_path(path) as tmp:
+        Image.fromarray(rgb, mode="RGB").save(tmp, format="PNG")
 
 
 def _model_summary(s: Settings) -> dict[str, Any]:

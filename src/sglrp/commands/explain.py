@@ -18,6 +18,7 @@ from tqdm import tqdm
 from ..app.classes import default_classes, format_probability, resolve_target
 from ..app.config import PAPER_METHODS
 from ..app.explain import Settings, check_layer, expand_images, explain_images, unique_dirs
+from ..app.explain_summary import summary_row, write_summary
 from ..images import read_labels
 from ..loading import SHIPPED, load_model, output_size
 from ..methods import get, methods
@@ -25,9 +26,11 @@ from ..presets import PRESETS, bounds_from_normalization
 from .options import (
     add_compute_options,
     add_model_options,
+    check_cmap,
     check_compute,
     check_out,
     method_help,
+    parse_crop,
     parse_floats,
     parse_methods,
 )
@@ -71,7 +74,20 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="resize the shorter side to S (default 256; shapes models 64)",
     )
     p.add_argument(
-        "--crop", type=int, metavar="C", help="centre crop C x C (default 224; shapes models 64)"
+        "--crop",
+        metavar="MODE",
+        help="center (default: shorter side to --size, centre square of the model's input "
+        "size), pad (whole image, longer side to the input size, padded square), none (whole "
+        "image, shorter side to --size; the model must accept any shape), a side C (centre "
+        "crop C x C; default 224, shapes models 64), or center:C / pad:C",
+    )
+    p.add_argument(
+        "--cmap",
+        metavar="NAME",
+        help="matplotlib colour map of maps, overlays and grid (default bwr signed, hot positive)",
+    )
+    p.add_argument(
+        "--recursive", action="store_true", help="read folders' sub-folders too (IMAGE folders)"
     )
     p.add_argument(
         "--mean", metavar="R,G,B", help="normalisation mean (default ImageNet or the model's own)"
@@ -99,10 +115,10 @@ def prepare(args: argparse.Namespace) -> Settings:
     method_names = parse_methods(args.method)
     if args.rules not in PRESETS:
         raise ValueError(f"unknown rules preset {args.rules!r}; available: {', '.join(PRESETS)}")
-    for name in ("size", "crop"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name} must be a positive number of pixels, got {value}")
+    if args.size is not None and args.size < 1:
+        raise ValueError(f"--size must be a positive number of pixels, got {args.size}")
+    crop_mode, crop_side = parse_crop(args.crop)
+    cmap = check_cmap(args.cmap)
     mean = parse_floats(args.mean, "--mean") if args.mean else None
     std = parse_floats(args.std, "--std") if args.std else None
     if std is not None and min(std) <= 0:
@@ -127,10 +143,12 @@ def prepare(args: argparse.Namespace) -> Settings:
     mean = mean or bundle.mean
     std = std or bundle.std
     default_size, default_crop = bundle.resize, bundle.size
-    crop = args.crop or default_crop
+    crop = crop_side or default_crop
     size = args.size or (
-        default_size if args.crop is None else round(crop * default_size / default_crop)
+        default_size if crop_side is None else round(crop * default_size / default_crop)
     )
+    if crop_mode == "none" and args.size is None:
+        size = crop  # the whole image, its shorter side the model's input size
 
     out_classes = output_size(bundle.model, crop)
     classes, note = default_classes(labels or bundle.classes, out_classes)
@@ -169,6 +187,8 @@ def prepare(args: argparse.Namespace) -> Settings:
         weights=args.weights,
         device=device,
         batch_size=args.batch_size,
+        crop_mode=crop_mode,
+        cmap=cmap,
     )
 
 
@@ -180,16 +200,15 @@ def _line(err: BaseException) -> str:
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``sglrp explain``; returns the exit status."""
     settings = prepare(args)
-    images = expand_images(args.images)
+    images = expand_images(args.images, recursive=args.recursive)
     dirs = unique_dirs(images, settings.out)
-    failed = 0
+    rows: dict[Path, dict] = {}
 
     def on_error(path: Path, err: BaseException) -> None:
-        nonlocal failed
-        failed += 1
         message = _line(err)
         if str(path) not in message:
             message = f"{path}: {message}"
+        rows[path] = summary_row(path, path, error=message)
         tqdm.write(f"sglrp explain: error: {message}", file=sys.stderr)
         bar.update(1)
 
@@ -197,11 +216,19 @@ def run(args: argparse.Namespace) -> int:
     bar = tqdm(total=len(images), desc="explain", unit="image", file=sys.stderr, disable=quiet)
     with bar:
         for path, out_dir, summary in explain_images(settings, images, dirs, on_error):
+            rows[path] = summary_row(path, out_dir, summary)
             t = summary["target"]
             p = format_probability(t["probability"])
             tqdm.write(f"{path}: {t['name']} ({p}) -> {out_dir}", file=sys.stdout)
             bar.update(1)
+    write_summary(settings.out, [rows[p] for p in images if p in rows], vars_summary(args))
+    failed = sum(r["status"] != "ok" for r in rows.values())
     done = len(images) - failed
     if done:  # after failures only, their error lines say it all
         print(f"explained {done} of {len(images)} images into {settings.out}")
     return 1 if failed else 0
+
+
+def vars_summary(args: argparse.Namespace) -> dict:
+    """The options as given, for ``summary.json``."""
+    return {k: v for k, v in vars(args).items() if k != "func" and not callable(v)}

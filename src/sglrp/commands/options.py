@@ -8,13 +8,16 @@ by every command.
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from matplotlib import colormaps
 
+from ..framing import CROP_MODES
 from ..loading import SHIPPED
 from ..methods import available, get
 
@@ -23,9 +26,11 @@ __all__ = [
     "add_model_options",
     "add_run_options",
     "apply_threads",
+    "check_cmap",
     "check_compute",
     "check_out",
     "method_help",
+    "parse_crop",
     "parse_floats",
     "parse_methods",
     "resolve_device",
@@ -183,3 +188,45 @@ def parse_floats(text: str, option: str) -> tuple[float, float, float]:
     if len(values) != 3 or not all(math.isfinite(v) for v in values):
         raise ValueError(f"{option} {text!r}: expected 1 or 3 finite numbers (R,G,B)")
     return values[0], values[1], values[2]
+
+
+def parse_crop(text: str | None) -> tuple[str, int | None]:
+    """``--crop``: a mode (center, pad, none), a side C (centre crop C x C) or MODE:C.
+
+    Returns ``(mode, side or None)``; unset is ``("center", None)``.
+    """
+    if text is None:
+        return "center", None
+    mode, _, side_text = text.strip().lower().rpartition(":")
+    if not mode and not side_text.isdigit():
+        mode, side_text = side_text, ""
+    mode = {"centre": "center", "": "center"}.get(mode, mode)
+    if mode not in CROP_MODES or (mode == "none" and side_text):
+        raise ValueError(
+            f"--crop {text!r}: expected {', '.join(CROP_MODES)}, a side in pixels, or "
+            "center:C / pad:C"
+        )
+    if not side_text:
+        return mode, None
+    try:
+        side = int(side_text)
+    except ValueError:
+        raise ValueError(f"--crop {text!r}: the side must be a number of pixels") from None
+    if side < 1:
+        raise ValueError(
+            f"--crop must be a positive number of pixels, got {side}; --crop none keeps the "
+            "whole image"
+        )
+    return mode, side
+
+
+def check_cmap(name: str | None) -> str | None:
+    """A matplotlib colour map name (``--cmap``), or None for the default."""
+    if name is None or name in colormaps:
+        return name
+    close = difflib.get_close_matches(name, list(colormaps), n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ValueError(
+        f"unknown colour map {name!r}.{hint} Any matplotlib colour map, e.g. bwr, seismic, "
+        "coolwarm (signed), hot, jet, viridis (positive)"
+    )
