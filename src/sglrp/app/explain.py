@@ -28,6 +28,7 @@ from .. import __version__
 from .._guard import preserved
 from ..api import explain
 from ..atomic import atomic_path, write_json
+from ..data.likeness import THRESHOLD, shapes_distance
 from ..feature_layer import feature_layers
 from ..framing import Framing, frame_image, to_original
 from ..images import load_image, to_tensor
@@ -256,10 +257,14 @@ def _write(
     t_name, t_prob = class_name(s.classes, target), float(probs[target])
     p_name, p_prob = class_name(s.classes, order[0]), float(probs[order[0]])
     signed = s.display == "signed"
+    caution = _caution(s, shown)
+    title = f"{path.name}: predicted {p_name} ({format_probability(p_prob)})"
+    if caution and caution["unlike"]:
+        title += f"\ncaution: {caution['short']}"
     comparison_grid(
         x,
         maps,
-        row_titles=[f"{path.name}: predicted {p_name} ({format_probability(p_prob)})"],
+        row_titles=[title],
         column_titles=[f"target: {t_name} ({format_probability(t_prob)})", *s.methods],
         signed=signed,
         mean=s.mean,
@@ -297,6 +302,8 @@ def _write(
         "model": _model_summary(s),
         "target": {"requested": str(s.target), **entry(target)},
         "top5": [entry(i) for i in order[:_TOP]],
+        "caution": caution if caution and caution["unlike"] else None,
+        "likeness": caution,
         "methods": files,
         "grid": "grid.png",
         "input": "input.png",
@@ -317,6 +324,31 @@ def _write(
     }
     write_json(out_dir / "explanation.json", summary)
     return summary
+
+
+def _caution(s: Settings, shown: Image.Image) -> dict[str, Any] | None:
+    """For a shipped shapes model: how unlike the generated images the input is
+    (:func:`sglrp.data.likeness.shapes_distance`), with a caution above the threshold."""
+    if s.bundle.kind != "shipped":
+        return None
+    distance = shapes_distance(np.asarray(shown.convert("RGB")))
+    unlike = distance > THRESHOLD
+    short = f"image unlike the generated shapes the model was trained on (D = {distance:.1f})"
+    return {
+        "statistic": "Mahalanobis distance D of the input's per-channel mean and std from "
+        "those of generated shapes images (sglrp.data.likeness)",
+        "distance": distance,
+        "threshold": THRESHOLD,
+        "unlike": unlike,
+        "short": short,
+        "message": (
+            f"image unlike the generated shapes the model was trained on (D = {distance:.1f} > "
+            f"{THRESHOLD}): the model knows only generated shapes, so its classes and maps may "
+            "mean little for this image"
+            if unlike
+            else None
+        ),
+    }
 
 
 def _write_overlay(s: Settings, item: _Item, relevance: np.ndarray, path: Path) -> None:

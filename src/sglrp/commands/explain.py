@@ -219,7 +219,8 @@ def run(args: argparse.Namespace) -> int:
             rows[path] = summary_row(path, out_dir, summary)
             t = summary["target"]
             p = format_probability(t["probability"])
-            tqdm.write(f"{path}: {t['name']} ({p}) -> {out_dir}", file=sys.stdout)
+            note = " (caution: unlike the training data)" if summary.get("caution") else ""
+            tqdm.write(f"{path}: {t['name']} ({p}) -> {out_dir}{note}", file=sys.stdout)
             bar.update(1)
     write_summary(settings.out, [rows[p] for p in images if p in rows], vars_summary(args))
     failed = sum(r["status"] != "ok" for r in rows.values())
