@@ -20,12 +20,7 @@ from sglrp.models import get_model
 SIDE = 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +129,16 @@ def test_feature_layers_are_convs_their_followers_and_containers():
         nn.Linear(4, 2),
     )
     assert feature_layers(model) == ["0", "0.0", "0.1", "0.2"]
+
+
+def test_a_torchvision_module_without_spec_does_not_break_loading(files, monkeypatch):
+    """zennit's tests put a hand-made torchvision into sys.modules (no __spec__);
+    importlib.util.find_spec then raises ValueError, which must not stop the loader."""
+    import types
+
+    from sglrp.loading import load_model
+
+    monkeypatch.setitem(sys.modules, "torchvision", types.ModuleType("torchvision"))
+    monkeypatch.setitem(sys.modules, "torchvision.models", types.ModuleType("torchvision.models"))
+    bundle = load_model("shapes_vgg", str(files["ckpt"]))
+    assert bundle.kind == "zoo"

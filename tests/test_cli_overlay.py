@@ -15,13 +15,7 @@ from sglrp import cli
 from sglrp.framing import frame_image, to_original
 from sglrp.models import get_model
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def photo(w: int, h: int, seed: int = 0) -> Image.Image:

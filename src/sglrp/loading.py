@@ -288,8 +288,11 @@ def _head_size(weights: str) -> int | None:
 def _torchvision_models() -> Any | None:
     """``torchvision.models`` where torchvision imports, else None (not installed, or broken
     beside this torch build: then the zoo's mirrors serve the same names)."""
-    if importlib.util.find_spec("torchvision") is None:
-        return None
+    try:
+        if importlib.util.find_spec("torchvision") is None:
+            return None
+    except ValueError:  # a module put into sys.modules by hand (no __spec__): try it as is
+        pass
     try:
         return importlib.import_module("torchvision.models")
     except Exception:  # noqa: BLE001 - any import failure means: use the mirror
