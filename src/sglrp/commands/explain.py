@@ -43,8 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="explain a classifier's decision on image files",
         description=(
             "Compute relevance maps (SGLRP, CLRP, LRP, Grad-CAM variants, ...) for image files "
-            "and write a comparison grid, per-method PNG and .npy files and a JSON summary per "
-            "image into OUT/<image stem>/."
+            "and write a comparison grid, per-method PNG and .npy files, overlays on the "
+            "original image at its own resolution and a JSON summary per image into "
+            "OUT/<image stem>/, and OUT/summary.json and OUT/summary.csv across images."
         ),
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or directories")
