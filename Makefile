@@ -5,14 +5,22 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APP_STAMP := $(VENV)/.app-installed
 SERVE_ARGS ?=
+# The torch build. The default is torch 2.13.0 as PyPI publishes it, which is the CUDA build
+# on Linux x86_64 (about 17 nvidia-* packages, several GB; it also runs on the CPU) and the
+# CPU build on Windows and macOS (MPS on Apple silicon). For the CPU-only build on Linux:
+#   make TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# For a given CUDA version: TORCH_INDEX=https://download.pytorch.org/whl/cuXYZ (pytorch.org
+# lists the versions offered); TORCH picks another torch requirement.
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
 
 .PHONY: demo test lint format bench clean app test-app serve
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# CPU torch first: a bare `torch` requirement would pull several GB of CUDA packages.
-	$(PY) -m pip install --quiet "torch==2.13.0"
+	# torch first, from TORCH_INDEX when given (see above): the package then finds it installed.
+	$(PY) -m pip install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install --quiet -e ".[test]"
 	# zennit pins torchvision, which cannot be imported here: install it alone.
 	$(PY) -m pip install --quiet --no-deps "zennit==0.5.1"

@@ -71,7 +71,7 @@ def reproduce(
     if data is None:  # another rank of a torchrun job: rank 0 writes the report
         return None
     say("[2/3] drawing comparison grids")
-    bundle = runner.load_model(cfg.model)
+    bundle = runner.load_model(cfg)
     source = open_data(cfg.data, cfg.n, cfg.seed, bundle)
     multi = _multi_object(source, grid_images)
     grids = []

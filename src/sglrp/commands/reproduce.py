@@ -12,7 +12,7 @@ from ..app.compare import reproduce_models
 from ..app.config import DEFAULT_METHODS, METRIC_NAMES, EvalConfig
 from ..app.reproduce import FULL, QUICK, reproduce
 from ..loading import SHIPPED
-from .options import add_run_options, apply_threads, check_out
+from .options import add_run_options, check_compute, check_out
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,17 +41,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="images per built-in split (overrides the default / --quick size)",
     )
-    p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     """Evaluate, draw the grids, write the report; print its path."""
-    apply_threads(args.threads)
+    check_compute(args)
     check_out(args.out)
     preset = QUICK if args.quick else FULL
     cfg = EvalConfig(
         model=args.model or SHIPPED[0],
+        weights=args.weights,
+        labels=args.labels,
+        random_weights=args.random_weights,
         data=args.data,
         methods=DEFAULT_METHODS,
         metrics=METRIC_NAMES,
@@ -62,6 +64,8 @@ def main(args: argparse.Namespace) -> int:
         device=args.device,
     )
     models = [m.strip() for m in args.model.split(",") if m.strip()] if args.model else SHIPPED
+    if len(models) > 1 and (args.weights or args.labels):
+        raise ValueError("--weights and --labels apply to one model: pass --model NAME with them")
     if len(models) == 1:
         cfg = replace(cfg, model=models[0])
         report = reproduce(cfg, args.out, preset["grid_images"], progress=not args.no_progress)

@@ -32,6 +32,7 @@ from sglrp import explain
 from sglrp._guard import preserved
 from sglrp.app.config import PAPER_METHODS as DEFAULT_METHODS
 from sglrp.app.explain import Settings, explain_image
+from sglrp.commands import explain as explain_command
 from sglrp.commands.explain import prepare
 from sglrp.images import load_image, preprocess
 from sglrp.methods import get, methods
@@ -104,6 +105,13 @@ class Bundle:
         )
 
 
+def _explain_parser() -> argparse.ArgumentParser:
+    """A parser holding only ``sglrp explain``, for its defaults."""
+    parser = argparse.ArgumentParser(prog="sglrp")
+    explain_command.register(parser.add_subparsers(dest="command"))
+    return parser
+
+
 def load_bundle(
     model: str = "shapes_vgg",
     weights: str | None = None,
@@ -119,22 +127,16 @@ def load_bundle(
     ValueError, FileNotFoundError
         As ``sglrp explain`` does for the same options.
     """
-    args = argparse.Namespace(
-        model=model,
-        weights=weights,
-        num_classes=num_classes,
-        labels=labels,
-        method=",".join(DEFAULT_METHODS),
-        target="predicted",
-        rules="dtd",
-        out=str(out),
-        size=None,
-        crop=None,
-        mean=None,
-        std=None,
-        layer=None,
-        display="signed",
-    )
+    argv = ["explain", "page-image", "--model", model, "--out", str(out)]
+    argv += ["--method", ",".join(DEFAULT_METHODS)]
+    for option, value in (
+        ("--weights", weights),
+        ("--num-classes", num_classes),
+        ("--labels", labels),
+    ):
+        if value is not None:
+            argv += [option, str(value)]
+    args = _explain_parser().parse_args(argv)  # every other option at `sglrp explain`'s default
     settings = prepare(args)
     names = list(settings.classes or [f"class {i}" for i in range(settings.num_classes)])
     hidden: list[str] = []
