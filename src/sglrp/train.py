@@ -36,12 +36,14 @@ from tqdm import tqdm
 from .data import CLASSES, MEAN, STD, generate, to_tensor
 from .io import atomic_open, atomic_path, write_json
 from .models.small import shapes_resnet, shapes_vgg
+from .models.vit import shapes_vit
 
 __all__ = ["MODELS", "RECIPES", "evaluate_accuracy", "resolve_recipe", "sha256_file", "train"]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "shapes_vgg": shapes_vgg,
     "shapes_resnet": shapes_resnet,
+    "shapes_vit": shapes_vit,
 }
 """Model builders that :func:`train` accepts, by name."""
 
