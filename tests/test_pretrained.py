@@ -13,7 +13,8 @@ from PIL import Image
 from sglrp.data import CLASSES, generate, to_tensor
 from sglrp.models import PretrainedModel, available_pretrained, pretrained
 
-NAMES = ("shapes_vgg", "shapes_resnet")
+NAMES = ("shapes_vgg", "shapes_resnet", "shapes_vit")
+TOP2_FLOOR = {"shapes_vgg": 0.80, "shapes_resnet": 0.80, "shapes_vit": 0.75}
 WEIGHTS = resources.files("sglrp").joinpath("weights")
 HELD_OUT_SEED = 777  # differs from the training and validation streams
 
@@ -96,5 +97,6 @@ def test_accuracy_floors(loaded, held_out):
     logits = loaded.model(loaded.preprocess(np.stack([s.image for s in multi])))
     pairs = zip(logits, multi, strict=True)
     both = np.mean([set(row.topk(2).indices.tolist()) == set(s.labels) for row, s in pairs])
-    assert both >= 0.80, f"{loaded.name}: both classes in top-2 on {both:.3f} < 0.80"
+    floor = TOP2_FLOOR[loaded.name]
+    assert both >= floor, f"{loaded.name}: both classes in top-2 on {both:.3f} < {floor}"
     assert not loaded.metadata.get("provisional"), f"{loaded.name}: weights marked provisional"

@@ -101,7 +101,7 @@ def test_cli_train(tmp_path, capsys):
     assert "error" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["shapes_vgg", "shapes_resnet"])
+@pytest.mark.parametrize("name", ["shapes_vgg", "shapes_resnet", "shapes_vit"])
 def test_cli_defaults_are_the_shipped_recipe(name, tmp_path, monkeypatch):
     """`sglrp train --model NAME --out F` trains with the shipped weights' settings."""
     seen: dict = {}
