@@ -42,7 +42,7 @@ from sglrp.models.zoo import head_name
 
 DEFAULT_METHODS: tuple[str, ...] = ("sglrp", "clrp", "lrp", "guided_gradcam", "relevance_cam")
 #: Shipped pretrained models (weights in ``sglrp/weights``).
-SHIPPED: tuple[str, ...] = ("shapes_vgg", "shapes_resnet")
+SHIPPED: tuple[str, ...] = ("shapes_vgg", "shapes_resnet", "shapes_vit")
 #: Where the shipped weights (``<name>.pt``) and metadata (``<name>.json``) live.
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 _TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".jit", ".torchscript", ".ptl")
@@ -69,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         required=True,
         metavar="MODEL",
         help=(
-            "a zoo name with --weights (e.g. resnet18), a shipped model (shapes_vgg, "
+            "a zoo name with --weights (e.g. resnet18), a shipped model (shapes_vgg, shapes_vit, "
             "shapes_resnet), a TorchScript file (model.pt), or module:factory"
         ),
     )
