@@ -18,9 +18,14 @@ from torch import nn
 
 import sglrp
 from sglrp.data import generate
-from sglrp.models import pretrained
+from sglrp.models import available_pretrained, pretrained
 
 HELD_OUT_SEED = 777
+
+pytestmark = pytest.mark.skipif(
+    "shapes_vit" not in available_pretrained(),
+    reason="shapes_vit weights are not shipped yet (train with `sglrp train --model shapes_vit`)",
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
