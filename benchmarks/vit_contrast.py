@@ -109,7 +109,7 @@ def measure(name: str, n: int, seed: int) -> dict:
     return out
 
 
-def render(results: dict, n: int, seed: int, seconds: float) -> str:
+def render(results: dict, n: int, seed: int, seconds: float, missing: list[str]) -> str:
     """The Markdown table."""
     lines = [
         "# Contrast on a transformer: swap test on two-object images",
@@ -133,6 +133,8 @@ def render(results: dict, n: int, seed: int, seconds: float) -> str:
                 f"[{s['low']:+.3f}, {s['high']:+.3f}] | {m['own_share']:.3f} | "
                 f"{m['other_share']:.3f} | {sign} |"
             )
+    if missing:
+        lines += ["", f"Left out (weights not shipped): {', '.join(missing)}."]
     lines += ["", f"_Measured in {seconds:.0f} s with torch {torch.__version__}._", ""]
     return "\n".join(lines)
 
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"not shipped, left out: {', '.join(missing)} (train with `sglrp train`)")
     results = {name: measure(name, args.n, args.seed) for name in PLAN if name not in missing}
     seconds = time.perf_counter() - start
-    table = render(results, args.n, args.seed, seconds)
+    table = render(results, args.n, args.seed, seconds, missing)
     print(table)
     settings = {
         "n": args.n,
