@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 import sglrp
 from sglrp import methods
+from sglrp.models import vit_tiny
 
 H = W = 8
 
@@ -31,12 +32,27 @@ def base_net() -> nn.Sequential:
     ).eval()
 
 
+def attention_net() -> nn.Module:
+    """A one-layer ViT on 8x8 images (2x2 patches of 4x4) for the attention baselines."""
+    torch.manual_seed(0)
+    model = vit_tiny(3, image_size=H, patch_size=4, num_layers=1, hidden_dim=8, mlp_dim=16)
+    with torch.no_grad():
+        nn.init.normal_(model.heads.head.weight)
+        model.class_token.normal_()
+    return model.eval()
+
+
+def net_for(name: str) -> nn.Module:
+    """The attention baselines need a transformer; every other method gets the CNN."""
+    return attention_net() if methods.get(name).family == "attention" else base_net()
+
+
 class Normalising(nn.Module):
     """Normalises its input in place before the network (a common preprocessing shortcut)."""
 
-    def __init__(self) -> None:
+    def __init__(self, net: nn.Module | None = None) -> None:
         super().__init__()
-        self.net = base_net()
+        self.net = base_net() if net is None else net
 
     def forward(self, x: Tensor) -> Tensor:
         x.sub_(0.5).div_(0.25)
@@ -46,17 +62,21 @@ class Normalising(nn.Module):
 class ReluFirst(nn.Module):
     """A first-layer in-place ReLU on the input itself."""
 
-    def __init__(self) -> None:
+    def __init__(self, net: nn.Module | None = None) -> None:
         super().__init__()
         self.relu = nn.ReLU(inplace=True)
-        self.net = base_net()
+        self.net = base_net() if net is None else net
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(self.relu(x))
 
 
 def options(name: str) -> dict:
-    return {"layer": "net.3"} if methods.get(name).takes_layer else {}
+    if not methods.get(name).takes_layer:
+        return {}
+    if methods.get(name).family == "attention":
+        return {"layer": "net.encoder.layers.encoder_layer_0.ln_1"}
+    return {"layer": "net.3"}
 
 
 def batch(n: int = 2) -> tuple[Tensor, Tensor]:
@@ -67,7 +87,7 @@ def batch(n: int = 2) -> tuple[Tensor, Tensor]:
 @pytest.mark.parametrize("model_type", [Normalising, ReluFirst])
 @pytest.mark.parametrize("name", methods.available())
 def test_input_never_changes_and_the_map_is_right(model_type: type, name: str) -> None:
-    model = model_type()
+    model = model_type(net_for(name))
     x, t = batch()
     x_before = x.clone()
     before = model_state(model)
@@ -91,7 +111,7 @@ def test_input_never_changes_and_the_map_is_right(model_type: type, name: str) -
 
 @pytest.mark.parametrize("name", methods.available())
 def test_inference_mode_works_and_grad_mode_is_restored(name: str) -> None:
-    model = base_net()
+    model = net_for(name)
     x, t = batch()
     expected = sglrp.explain(model, x, t, method=name)
     with torch.inference_mode():

@@ -211,13 +211,13 @@ def hand_gradcam(net: nn.Module, x: Tensor, t: Tensor, layer: str, upsample: boo
 # ---------------------------------------------------------------------------------------------
 # the registry's non-LRP methods, called as the registry calls them
 
-METHODS = {
+METHODS = {  # the attention baselines need a transformer: tests/test_attention_maps.py
     m.name: functools.partial(registry.call, m.name)
     for m in registry.methods()
-    if m.family != "lrp"
+    if m.family not in ("lrp", "attention")
 }
 CAM_METHODS = {m.name for m in registry.methods() if m.family == "cam" and m.returns == "map"}
-LAYER_METHODS = {m.name for m in registry.methods() if m.takes_layer}
+LAYER_METHODS = {m.name for m in registry.methods() if m.takes_layer and m.name in METHODS}
 
 
 def _raw_relevance_cam(result: PropagationResult, layer: str) -> Tensor:
@@ -235,6 +235,8 @@ def _up(cam: Tensor) -> Tensor:
 
 def test_registry() -> None:
     assert registry.available(family="lrp") == ["lrp", "clrp", "sglrp"]
+    attention = ["attention_rollout", "gradient_rollout", "vit_gradcam"]
+    assert registry.available(family="attention") == attention
     assert set(METHODS) == {
         "gradient",
         "input_x_gradient",

@@ -14,6 +14,9 @@ from sglrp.data import CLASSES, generate, to_tensor
 from sglrp.models import PretrainedModel, available_pretrained, pretrained
 
 NAMES = ("shapes_vgg", "shapes_resnet")
+PENDING = ("shapes_vit",)  # recipe in sglrp.train.RECIPES; checked here once its weights ship
+SHIPPED = NAMES + tuple(name for name in PENDING if name in available_pretrained())
+TOP2_FLOOR = {"shapes_vgg": 0.80, "shapes_resnet": 0.80, "shapes_vit": 0.75}
 WEIGHTS = resources.files("sglrp").joinpath("weights")
 HELD_OUT_SEED = 777  # differs from the training and validation streams
 
@@ -26,7 +29,7 @@ def _threads():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module", params=NAMES)
+@pytest.fixture(scope="module", params=SHIPPED)
 def loaded(request) -> PretrainedModel:
     return pretrained(request.param)
 
@@ -52,7 +55,7 @@ def test_loaded_model(loaded):
 
 
 def test_weights_small():
-    total = sum(len(WEIGHTS.joinpath(f"{n}.pt").read_bytes()) for n in NAMES)
+    total = sum(len(WEIGHTS.joinpath(f"{n}.pt").read_bytes()) for n in SHIPPED)
     assert total <= 10 * 1024 * 1024
 
 
@@ -96,5 +99,6 @@ def test_accuracy_floors(loaded, held_out):
     logits = loaded.model(loaded.preprocess(np.stack([s.image for s in multi])))
     pairs = zip(logits, multi, strict=True)
     both = np.mean([set(row.topk(2).indices.tolist()) == set(s.labels) for row, s in pairs])
-    assert both >= 0.80, f"{loaded.name}: both classes in top-2 on {both:.3f} < 0.80"
+    floor = TOP2_FLOOR[loaded.name]
+    assert both >= floor, f"{loaded.name}: both classes in top-2 on {both:.3f} < {floor}"
     assert not loaded.metadata.get("provisional"), f"{loaded.name}: weights marked provisional"

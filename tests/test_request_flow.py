@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 import sglrp
 from sglrp import methods
+from sglrp.models import vit_tiny
 from sglrp.targets import Target
 
 
@@ -28,6 +29,14 @@ def net() -> nn.Module:
     ).eval()
 
 
+def attention_net() -> nn.Module:
+    """A one-layer ViT on 8x8 images for the attention baselines."""
+    torch.manual_seed(0)
+    model = vit_tiny(5, image_size=8, patch_size=4, num_layers=1, hidden_dim=8, mlp_dim=16)
+    nn.init.normal_(model.heads.head.weight)
+    return model.eval()
+
+
 class Counter:
     def __init__(self, model: nn.Module) -> None:
         self.calls = 0
@@ -43,7 +52,7 @@ def test_forward_passes_per_call(name: str, target: object) -> None:
     """One forward pass per call, whatever the number of targets, except guided Grad-CAM
     (two: its two gradients need differently built ReLU backwards) and the random baseline
     (none)."""
-    model = net()
+    model = attention_net() if methods.get(name).family == "attention" else net()
     counter = Counter(model)
     x = torch.rand(2, 3, 8, 8)
     sglrp.explain(model, x, target, method=name)

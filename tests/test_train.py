@@ -13,9 +13,10 @@ import torch
 from sglrp import cli
 from sglrp import train as train_module
 from sglrp.data import CLASSES
-from sglrp.models import pretrained
+from sglrp.models import available_pretrained, pretrained
 from sglrp.train import resolve_recipe, train
 
+SHIPPED = available_pretrained()
 TINY = {"widths": (4, 4, 8, 8), "blocks": (1, 1, 1, 1)}
 
 
@@ -101,7 +102,9 @@ def test_cli_train(tmp_path, capsys):
     assert "error" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["shapes_vgg", "shapes_resnet"])
+@pytest.mark.parametrize(
+    "name", ["shapes_vgg", "shapes_resnet"] + (["shapes_vit"] if "shapes_vit" in SHIPPED else [])
+)
 def test_cli_defaults_are_the_shipped_recipe(name, tmp_path, monkeypatch):
     """`sglrp train --model NAME --out F` trains with the shipped weights' settings."""
     seen: dict = {}

@@ -17,7 +17,7 @@ from sglrp.models import ZOO
 from sglrp.propagation import propagate
 from sglrp.propagation.output import OUTPUT_RELEVANCE
 
-CNNS = [name for name in ZOO if not name.startswith("vit")]
+CNNS = [name for name in ZOO if "vit" not in name]
 SIZE = {"vgg11": 32, "vgg16": 32, "vgg16_bn": 32, "resnet18": 32, "resnet50": 32}
 
 

@@ -45,8 +45,8 @@ from .models.zoo import ZOO, get_model, head_name, load_checked, load_state_dict
 
 __all__ = ["SHIPPED", "ModelBundle", "RandomWeightsWarning", "load_model", "output_size"]
 
-#: Shipped pretrained models (weights in ``sglrp/weights``).
-SHIPPED: tuple[str, ...] = tuple(ARCHITECTURES)
+#: Shipped pretrained models: the architectures whose weights are in ``sglrp/weights``.
+SHIPPED: tuple[str, ...] = tuple(n for n in ARCHITECTURES if n in available_pretrained())
 #: Folder of the shipped models' ``NAME.pt`` and ``NAME.json``; None: the package's own.
 WEIGHTS_ROOT: Path | None = None
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".jit", ".torchscript", ".ptl")

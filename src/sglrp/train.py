@@ -36,18 +36,21 @@ from tqdm import tqdm
 from .atomic import atomic_open, atomic_path, write_json
 from .data import CLASSES, MEAN, STD, generate, to_tensor
 from .models.small import shapes_resnet, shapes_vgg
+from .models.vit import SHAPES_VIT, shapes_vit
 
 __all__ = ["MODELS", "RECIPES", "evaluate_accuracy", "resolve_recipe", "sha256_file", "train"]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "shapes_vgg": shapes_vgg,
     "shapes_resnet": shapes_resnet,
+    "shapes_vit": shapes_vit,
 }
 """Model builders that :func:`train` accepts, by name."""
 
 RECIPES: dict[str, dict[str, Any]] = {
     "shapes_vgg": {"epochs": 12, "steps_per_epoch": 200, "model_kwargs": {"batch_norm": True}},
     "shapes_resnet": {"epochs": 12, "steps_per_epoch": 175, "model_kwargs": {}},
+    "shapes_vit": {"epochs": 10, "steps_per_epoch": 100, "model_kwargs": dict(SHAPES_VIT)},
 }
 """Training length and architecture options of the shipped weights per model, used as
 :func:`train`'s defaults: ``sglrp train --model NAME --out NAME.pt`` rebuilds the shipped

@@ -10,6 +10,8 @@ lrp                 ``lrp``, ``clrp``, ``sglrp`` (options ``rules``, ``bounds``,
                     ``variant`` for SGLRP)
 gradient            ``gradient``, ``input_x_gradient``, ``guided_backprop``, ``deconvnet``
 cam                 ``gradcam``, ``guided_gradcam``, ``relevance_cam`` (option ``layer``)
+attention           ``attention_rollout``, ``gradient_rollout``, ``vit_gradcam`` (transformers;
+                    option ``layer`` for ``vit_gradcam``)
 baseline            ``random`` (option ``seed``)
 ==================  ========================================================================
 
@@ -20,6 +22,7 @@ same as ``sglrp.explain(model, x, "predicted", method="gradcam")``.
 from .lrp import SGLRP_VARIANTS, clrp, lrp, sglrp
 
 # isort: split
+from .attention_maps import attention_rollout, gradient_rollout, vit_gradcam
 from .cam import LayerChain, capture_layer, default_layer, gradcam, guided_gradcam, relevance_cam
 from .gradient import gradient, input_gradient, input_x_gradient
 from .guided import ReluOverride, deconvnet, guided_backprop
@@ -31,6 +34,7 @@ __all__ = [
     "LayerChain",
     "Method",
     "ReluOverride",
+    "attention_rollout",
     "available",
     "call",
     "capture_layer",
@@ -40,6 +44,7 @@ __all__ = [
     "get",
     "gradcam",
     "gradient",
+    "gradient_rollout",
     "guided_backprop",
     "guided_gradcam",
     "input_gradient",
@@ -51,4 +56,5 @@ __all__ = [
     "relevance_cam",
     "sglrp",
     "unregister",
+    "vit_gradcam",
 ]

@@ -12,7 +12,7 @@ from .resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet50
 from .shufflenet import ShuffleNetV2, shufflenet_v2_x1_0
 from .small import shapes_resnet, shapes_vgg
 from .vgg import VGG, vgg11, vgg16, vgg16_bn
-from .vit import VisionTransformer, vit_b_16, vit_tiny
+from .vit import VisionTransformer, shapes_vit, vit_b_16, vit_tiny
 from .zoo import ZOO, get_model
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "resnet50",
     "shapes_resnet",
     "shapes_vgg",
+    "shapes_vit",
     "shufflenet_v2_x1_0",
     "vgg11",
     "vgg16",

@@ -26,6 +26,7 @@ __all__ = [
     "MLPBlock",
     "VisionTransformer",
     "remap_legacy_mlp_keys",
+    "shapes_vit",
     "vit_b_16",
     "vit_tiny",
 ]
@@ -326,3 +327,20 @@ def vit_tiny(num_classes: int = 1000, **kwargs: Any) -> VisionTransformer:
     }
     settings.update(kwargs)
     return VisionTransformer(num_classes=num_classes, **settings)
+
+
+SHAPES_VIT: dict[str, Any] = {
+    "image_size": 64,
+    "patch_size": 8,
+    "num_layers": 4,
+    "num_heads": 4,
+    "hidden_dim": 128,
+    "mlp_dim": 256,
+}
+"""Default settings of :func:`shapes_vit` (the shipped weights record theirs in metadata)."""
+
+
+def shapes_vit(num_classes: int = 12, **kwargs: Any) -> VisionTransformer:
+    """ViT for the 64x64 shape images (:data:`SHAPES_VIT`: 8x8 patches, 4 layers, 4 heads,
+    width 128, MLP 256); ``kwargs`` override any :class:`VisionTransformer` setting."""
+    return VisionTransformer(num_classes=num_classes, **{**SHAPES_VIT, **kwargs})

@@ -28,7 +28,7 @@ from .regnet import regnet_y_400mf
 from .resnet import resnet18, resnet50
 from .shufflenet import shufflenet_v2_x1_0
 from .vgg import vgg11, vgg16, vgg16_bn
-from .vit import VisionTransformer, remap_legacy_mlp_keys, vit_b_16, vit_tiny
+from .vit import VisionTransformer, remap_legacy_mlp_keys, shapes_vit, vit_b_16, vit_tiny
 
 __all__ = ["ZOO", "get_model", "load_checked", "load_state_dict_file"]
 
@@ -48,6 +48,7 @@ ZOO: dict[str, Callable[..., nn.Module]] = {
     "vit_b_16": vit_b_16,
     "vit_tiny": vit_tiny,
     "inception_small": inception_small,
+    "shapes_vit": shapes_vit,
 }
 # Small models for the synthetic "shapes" data set live in .small; skip them while unwritten.
 for _name in ("shapes_vgg", "shapes_resnet"):

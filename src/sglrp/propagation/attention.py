@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
@@ -78,8 +79,27 @@ def _additive_mask(
     return out
 
 
-def scaled_dot_product(
-    it: Interceptor,
+Attend = Callable[[Tensor, Tensor, Tensor, "Tensor | None", float], tuple[Tensor, Tensor]]
+"""``attend(q, k, v, additive_mask, scale) -> (output, weights)``: one attention product."""
+
+Project = Callable[[int, Tensor, Tensor, "Tensor | None"], Tensor]
+"""``project(i, x, weight, bias) -> F.linear(x, weight, bias)`` with a treatment; ``i`` is 0, 1,
+2 for the query, key and value projections and 3 for the output projection."""
+
+
+def plain_attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float):
+    """:math:`A = \\mathrm{softmax}(q k^T s + m)`, :math:`o = A v` with ordinary autograd;
+    returns ``(o, A)`` with ``A`` the tensor used in the product (gradients reach it)."""
+    scores = torch.matmul(q, k.transpose(-2, -1)) * scale
+    if mask is not None:
+        scores = scores + mask
+    weights = torch.softmax(scores, dim=-1)
+    return torch.matmul(weights, v), weights
+
+
+def sdpa_forward(
+    attend: Attend,
+    where: str,
     query: Tensor,
     key: Tensor,
     value: Tensor,
@@ -89,11 +109,11 @@ def scaled_dot_product(
     scale: float | None = None,
     enable_gqa: bool = False,
 ) -> Tensor:
-    """``F.scaled_dot_product_attention`` with the attention treatment."""
+    """``F.scaled_dot_product_attention`` rebuilt from its parts, the product by ``attend``."""
     if dropout_p:
         raise ValueError(
-            f"scaled_dot_product_attention in {it._where('attention')} uses dropout_p="
-            f"{dropout_p}; explanations need a deterministic model (pass dropout_p=0 in eval)"
+            f"scaled_dot_product_attention in {where} uses dropout_p={dropout_p}; explanations "
+            "need a deterministic model (pass dropout_p=0 in eval)"
         )
     if enable_gqa and key.shape[-3] != query.shape[-3]:
         repeat = query.shape[-3] // key.shape[-3]
@@ -101,7 +121,12 @@ def scaled_dot_product(
         value = value.repeat_interleave(repeat, dim=-3)
     s = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     mask = _additive_mask(attn_mask, query.dtype, (query.shape[-2], key.shape[-2]), is_causal)
-    return _attend(it, query, key, value, mask, s)[0]
+    return attend(query, key, value, mask, s)[0]
+
+
+def scaled_dot_product(it: Interceptor, *args, **kwargs) -> Tensor:
+    """``F.scaled_dot_product_attention`` with the attention treatment."""
+    return sdpa_forward(partial(_attend, it), it._where("attention"), *args, **kwargs)
 
 
 def _projection(
@@ -125,8 +150,10 @@ def _projection(
     return out
 
 
-def multi_head(
-    it: Interceptor,
+def multi_head_forward(
+    attend: Attend,
+    project: Project,
+    where: str,
     query: Tensor,
     key: Tensor,
     value: Tensor,
@@ -153,10 +180,8 @@ def multi_head(
     average_attn_weights: bool = True,
     is_causal: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
-    """``F.multi_head_attention_forward`` (sequence-first inputs) with the attention treatment
-    and rules on the input and output projections."""
-    module = it.module()
-    where = it._where("multi_head_attention_forward")
+    """``F.multi_head_attention_forward`` (sequence-first inputs) rebuilt from its parts: the
+    projections by ``project``, the attention product of each head by ``attend``."""
     unsupported = [
         name
         for name, used in (
@@ -186,17 +211,10 @@ def multi_head(
     else:
         weights = tuple(in_proj_weight.chunk(3))
     biases = (None,) * 3 if in_proj_bias is None else tuple(in_proj_bias.chunk(3))
-    name = it.names.get(module, "") if module is not None else ""
-    out_module = getattr(module, "out_proj", None)
-    cp = it.attention == "cp"
-    parts = []
-    for i, (x, w, b) in enumerate(zip((query, key, value), weights, biases, strict=True)):
-        if cp and i < 2:
-            parts.append(F.linear(x, w, b).detach())
-            it.note(f"linear (in_proj {'qkv'[i]})", "no relevance (attention weights constant)")
-        else:
-            where = f"layer '{name}' (in_proj {'qkv'[i]})"
-            parts.append(_projection(it, x, w, b, module, where))
+    parts = [
+        project(i, x, w, b)
+        for i, (x, w, b) in enumerate(zip((query, key, value), weights, biases, strict=True))
+    ]
     q, k, v = (t.reshape(t.shape[0], batch * num_heads, head).transpose(0, 1) for t in parts)
     mask = _additive_mask(attn_mask, q.dtype, (tgt_len, src_len), is_causal and attn_mask is None)
     if mask is not None and mask.dim() == 3:
@@ -213,17 +231,35 @@ def multi_head(
             .reshape(batch * num_heads, 1, src_len)
         )
         mask = pad if mask is None else mask + pad
-    out, weights_ = _attend(it, q, k, v, mask, 1.0 / math.sqrt(head))
+    out, weights_ = attend(q, k, v, mask, 1.0 / math.sqrt(head))
     out = out.transpose(0, 1).reshape(tgt_len * batch, embed)
-    out = _projection(
-        it, out, out_proj_weight, out_proj_bias, out_module, f"layer '{name}.out_proj'"
-    ).view(tgt_len, batch, embed)
+    out = project(3, out, out_proj_weight, out_proj_bias).view(tgt_len, batch, embed)
     attn = None
     if need_weights:
-        attn = weights_.view(batch, num_heads, tgt_len, src_len)
+        attn = weights_.detach().view(batch, num_heads, tgt_len, src_len)
         if average_attn_weights:
             attn = attn.mean(dim=1)
     if not batched:
         out = out.squeeze(1)
         attn = attn.squeeze(0) if attn is not None else None
     return out, attn
+
+
+def multi_head(it: Interceptor, *args, **kwargs) -> tuple[Tensor, Tensor | None]:
+    """``F.multi_head_attention_forward`` (sequence-first inputs) with the attention treatment
+    and rules on the input and output projections."""
+    module = it.module()
+    name = it.names.get(module, "") if module is not None else ""
+    out_module = getattr(module, "out_proj", None)
+    cp = it.attention == "cp"
+
+    def project(i: int, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        if i == 3:
+            return _projection(it, x, w, b, out_module, f"layer '{name}.out_proj'")
+        if cp and i < 2:
+            it.note(f"linear (in_proj {'qkv'[i]})", "no relevance (attention weights constant)")
+            return F.linear(x, w, b).detach()
+        return _projection(it, x, w, b, module, f"layer '{name}' (in_proj {'qkv'[i]})")
+
+    where = it._where("multi_head_attention_forward")
+    return multi_head_forward(partial(_attend, it), project, where, *args, **kwargs)
