@@ -2,12 +2,15 @@
 
 Each command lives in ``sglrp.commands.<name>`` and exposes ``register(subparsers)``, which
 adds its parser and sets ``func`` to a callable ``(args) -> int``. Errors become one line on
-stderr and a non-zero exit status; ``--debug`` shows the traceback instead.
+stderr and a non-zero exit status (130 after Ctrl-C, at any moment of a command); a full disk
+says so and names the file being written; ``--debug`` shows the traceback instead. Under
+``torchrun`` an error that rank 0 reports for the whole job is not repeated by the other ranks.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Sequence
 
@@ -43,9 +46,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - the CLI turns every error into one line
         if args.debug:
             raise
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"sglrp {args.command}: error: {message}", file=sys.stderr)
+        if not getattr(err, "reported_by_root", False):
+            print(f"sglrp {args.command}: error: {error_line(err)}", file=sys.stderr)
         return 1
+
+
+def error_line(err: BaseException) -> str:
+    """The one line that describes ``err`` (a full disk: the file that was being written)."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on device while writing {err.filename or 'a file'}"
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 if __name__ == "__main__":

@@ -36,6 +36,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="images per built-in split (overrides the default / --quick size)",
     )
     p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="start afresh: move the run already in OUT (results, metrics, plots) to "
+        "OUT/previous-<time>/ (nothing is deleted)",
+    )
     p.set_defaults(func=main)
 
 
@@ -55,7 +61,13 @@ def main(args: argparse.Namespace) -> int:
         steps=preset["steps"],
         device=args.device,
     )
-    report = reproduce(cfg, args.out, preset["grid_images"], progress=not args.no_progress)
+    report = reproduce(
+        cfg,
+        args.out,
+        preset["grid_images"],
+        progress=not args.no_progress,
+        restart=args.restart,
+    )
     if report is not None:
         print(f"report: {report.resolve()}")
     return 0
