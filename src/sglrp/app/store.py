@@ -63,7 +63,7 @@ OUTPUTS: tuple[str, ...] = (
     "index.html",
 )
 LOCK = ".lock"
-_HINT = "pass --restart to move them to {out}/previous-<time>/, or pass another --out"
+_HINT = "pass --restart to move the old run to {out}/previous-<time>/, or pass another --out"
 _HELD: dict[Path, int] = {}
 
 
