@@ -395,3 +395,24 @@ def test_disk_full_during_the_final_write_leaves_no_half_file(
     monkeypatch.undo()
     assert cli.main(args(model_file, out, 1)) == 0
     assert json.loads((out / "metrics.json").read_text())["timing"]["reused"] == 2
+
+
+def test_interrupt_while_importing_is_one_line():
+    """Ctrl-C arriving while ``sglrp`` imports PyTorch (SIGINT sent from inside that import)."""
+    script = (
+        "import builtins, os, signal, sys\n"
+        "import sglrp_cli\n"
+        "real = builtins.__import__\n"
+        "def hooked(name, *a, **k):\n"
+        "    if name == 'torch':\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = hooked\n"
+        "sys.argv = ['sglrp', 'evaluate', '--out', 'unused']\n"
+        "sys.exit(sglrp_cli.main())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert (proc.returncode, proc.stderr) == (130, "sglrp: interrupted\n")

@@ -33,6 +33,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``sglrp ARGV``; returns the exit status (0, 1 on errors, 2 on usage, 130 on Ctrl-C).
+
+    The ``sglrp`` console script starts in :mod:`sglrp_cli`, which covers Ctrl-C during the
+    imports before this runs.
+    """
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        print("sglrp: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -40,9 +53,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("sglrp: interrupted", file=sys.stderr)
-        return 130
     except Exception as err:  # noqa: BLE001 - the CLI turns every error into one line
         if args.debug:
             raise
