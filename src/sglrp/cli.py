@@ -4,13 +4,16 @@ Each command lives in ``sglrp.commands.<name>`` and exposes ``register(subparser
 adds its parser and sets ``func`` to a callable ``(args) -> int``. Errors become one line on
 stderr and a non-zero exit status (130 after Ctrl-C, at any moment of a command); a full disk
 says so and names the file being written; ``--debug`` shows the traceback instead. Under
-``torchrun`` an error that rank 0 reports for the whole job is not repeated by the other ranks.
+``torchrun`` what rank 0 reports for the whole job (a refused run folder, Ctrl-C) is not
+repeated by the other ranks; torchrun itself still prints its ``ChildFailedError`` report when
+a worker exits non-zero, which a worker cannot prevent.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 from collections.abc import Sequence
 
@@ -41,7 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(argv)
     except KeyboardInterrupt:
-        print("sglrp: interrupted", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # Ctrl-C reaches every torchrun worker: say it once
+            print("sglrp: interrupted", file=sys.stderr)
         return 130
 
 
