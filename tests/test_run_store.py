@@ -151,7 +151,7 @@ def one_line(capsys) -> str:
     ],
 )
 def test_killed_run_resumes_to_identical_results(
-    model_file, full, tmp_path, capsys, point, k, lines_left
+    model_file, full, tmp_path, capsys, monkeypatch, point, k, lines_left
 ):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
@@ -169,8 +169,17 @@ def test_killed_run_resumes_to_identical_results(
     if point.startswith("replace:"):  # the killed write left its temp file behind
         assert list(out.glob(atomic.temp_pattern(point.split(":")[1])))
 
+    real, computed = runner.compute_batch, []
+
+    def counting(*a, **kw):
+        computed.append(a[6])
+        return real(*a, **kw)
+
+    monkeypatch.setattr(runner, "compute_batch", counting)
     assert cli.main(args(model_file, out)) == 0
     capsys.readouterr()
+    # only the batches not on disk are computed (none once the results were merged)
+    assert computed == (list(range(lines_left, 4)) if lines_left is not None else [])
     assert (out / "results.jsonl").read_bytes() == (full / "results.jsonl").read_bytes()
     assert metrics_of(out) == metrics_of(full)
     assert (out / "run.json").read_bytes() == (full / "run.json").read_bytes()
