@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sglrp import cli
-from sglrp.app import config, findings, grids, plots, report, runner, sources
+from sglrp.app import compare, config, findings, grids, plots, report, runner, sources
 from sglrp.data import CLASSES, MEAN, STD
 from sglrp.loading import ModelBundle
 from sglrp.models import shapes_vgg
@@ -210,3 +210,59 @@ def test_markdown_summary_marks_the_best_and_shows_curves():
     assert "| method | E=0.2 | E=0.4 | E=0.6 | E=0.8 | E=1 |" in lines
     assert "| SGLRP | 0.4000 | 0.4500 | 0.5000 | 0.5500 | 0.6000 |" in lines
     assert "- SGLRP wins: Average drop (%)." in lines
+
+
+def test_reproduce_on_several_models_writes_a_comparison(tmp_path, capsys):
+    out = tmp_path / "report"
+    models = ["shapes_vgg", "shapes_resnet"]
+    code = cli.main(
+        ["reproduce", "--model", ",".join(models), "--quick", "--n", "2", "--out", str(out)]
+        + ["--no-progress"]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    results = {m: json.loads((out / m / "metrics.json").read_text()) for m in models}
+    for m in models:
+        results[m]["collapse"] = json.loads((out / m / "collapse.json").read_text())
+    for m in models:
+        assert (out / m / "index.html").is_file()
+    page = _Page()
+    page.feed((out / "index.html").read_text(encoding="utf-8"))
+    page.close()
+    assert page.tables == len(config.MEASURES) + 1  # and the class-collapse table
+    assert set(compare.collapse_depths(results)) == set(models)
+    assert {f"{m}/index.html" for m in models} <= set(page.links)
+    summary = (out / "summary.md").read_text(encoding="utf-8")
+    assert summary == compare.render_comparison_markdown(
+        results, "2 images per split for each model."
+    )
+    entry = results["shapes_resnet"]["metrics"]["extended_pointing_game"]
+    best = entry["best"]
+    cell = findings.number(entry["methods"][best]["mean"], findings.digits(entry))
+    assert f"**{cell}**" in summary
+
+
+def test_budget_is_shared_between_models():
+    assert compare.images_per_model(100, 1) == 100
+    assert compare.images_per_model(100, 3) == 33
+    assert compare.images_per_model(100, 8) == compare.MIN_IMAGES
+    assert compare.images_per_model(2, 3) == 2
+
+
+def test_reproduce_report_shows_the_class_collapse(tmp_path):
+    out = tmp_path / "report"
+    assert (
+        cli.main(
+            ["reproduce", "--model", "shapes_resnet", "--quick", "--n", "2", "--out", str(out)]
+            + ["--no-progress"]
+        )
+        == 0
+    )
+    result = json.loads((out / "collapse.json").read_text())
+    assert set(result["curves"]) == {"dtd", "epsilon-plus"}
+    assert result["layers"][-1] == "input" and result["layers"][0] == "fc"
+    for values in result["curves"].values():
+        assert len(values) == len(result["layers"])
+        assert all(v is None or -1.0 <= v <= 1.0 + 1e-9 for v in values)
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "Class collapse on" in page and (out / "collapse.png").is_file()

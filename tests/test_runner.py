@@ -206,7 +206,12 @@ def _record(batch: int, scores: dict[str, list[float]]) -> dict:
         "batch": batch,
         "images": [f"multi/{batch:06d}"],
         "units": {
-            "gt": {"image": ["i"] * n, "target": [0] * n, "prob": [0.5] * n, "predicted": [0] * n},
+            "gt": {
+                "image": ["i"] * n,
+                "target": list(range(n)),  # one unit per class present
+                "prob": [0.5] * n,
+                "predicted": [0] * n,
+            },
             "second": {"image": [], "target": [], "prob": [], "predicted": []},
         },
         "scores": {"average_drop": scores, "pointing_game": scores},
@@ -227,8 +232,9 @@ def test_summary_respects_direction_and_excludes_nan():
     assert drop["methods"]["sglrp"]["n"] == 3 and drop["methods"]["sglrp"]["n_excluded"] == 1
     assert math.isclose(drop["methods"]["sglrp"]["mean"], 11.0)
     assert drop["clear"]  # paired difference clearly below 0
-    subsets = drop["methods"]["sglrp"]["subsets"]  # both units of an image: multi-object
+    subsets = drop["methods"]["sglrp"]["subsets"]  # two classes in one image: multi-object
     assert subsets["multi_object"]["n"] == 3 and subsets["single_object"]["n"] == 0
+    assert subsets["two_classes"]["n"] == 3 and subsets["three_classes"]["n"] == 0
 
 
 def test_methods_are_read_from_the_registry():
@@ -270,3 +276,21 @@ def test_map_without_positive_relevance_scores_zero_not_excluded(random_model, m
     assert scores["clrp"] == [0.0] * len(scores["sglrp"])
     assert all(rec["empty"]["clrp"]) and not any(rec["empty"]["sglrp"])
     assert all(v == 0.0 for curve in rec["curves"]["extended_pointing_game"]["clrp"] for v in curve)
+
+
+def test_units_are_split_by_classes_in_the_image_and_second_class_presence():
+    """Image 'a' holds classes 1 and 2, 'b' class 3 only, 'c' classes 4, 5 and 6; second-class
+    units: a -> 2 (present), b -> 7 (absent), c -> 9 (absent)."""
+    units = {
+        "gt": {"image": ["a", "a", "b", "c", "c", "c"], "target": [1, 2, 3, 4, 5, 6]},
+        "second": {"image": ["a", "b", "c"], "target": [2, 7, 9]},
+    }
+    gt = summary._subsets_of_units(units, "gt")
+    assert [u["single_object"] for u in gt] == [False, False, True, False, False, False]
+    assert [u["two_classes"] for u in gt] == [True, True, False, False, False, False]
+    assert [u["three_classes"] for u in gt] == [False, False, False, True, True, True]
+    assert "second_present" not in gt[0]
+    second = summary._subsets_of_units(units, "second")
+    assert [u["second_present"] for u in second] == [True, False, False]
+    assert [u["second_absent"] for u in second] == [False, True, True]
+    assert [u["multi_object"] for u in second] == [True, False, True]

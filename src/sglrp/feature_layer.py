@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-__all__ = ["LayerChain"]
+__all__ = ["LayerChain", "feature_layers"]
 
 _FOLLOWERS: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._BatchNorm,
@@ -59,3 +59,27 @@ class LayerChain:
 
     def move(self, name: str, output: Tensor) -> None:
         self.name, self.out = name, output
+
+
+def feature_layers(model: nn.Module) -> list[str]:
+    """Names of the layers a class activation map can use, in definition order.
+
+    Every ``nn.Conv2d``, every non-root module that contains one (a VGG's ``features``, a
+    ResNet's ``layer4`` or one of its blocks) and the normalisation and activation modules
+    (:data:`_FOLLOWERS`) defined before the last convolution or right after it; the
+    classifier's layers after them are not among them.
+    """
+    named = [(n, m) for n, m in model.named_modules() if n]
+    convs = [i for i, (_, m) in enumerate(named) if isinstance(m, nn.Conv2d)]
+    if not convs:
+        return []
+    end = convs[-1] + 1
+    while end < len(named) and isinstance(named[end][1], _FOLLOWERS):
+        end += 1
+    return [
+        n
+        for i, (n, m) in enumerate(named)
+        if isinstance(m, nn.Conv2d)
+        or (i < end and isinstance(m, _FOLLOWERS))
+        or any(isinstance(c, nn.Conv2d) for c in m.modules())
+    ]

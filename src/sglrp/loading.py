@@ -11,6 +11,11 @@ A spec (``--model`` on every command) is one of
 * a TorchScript file (rebuilt as the eager zoo model it equals, when there is one);
 * ``module:factory`` (the module a dotted name or a ``.py`` file), optionally with weights.
 
+``random_weights=SEED`` builds a zoo (or shipped, or factory) model with seeded random weights
+on purpose, as the model-randomisation sanity check needs; the seed is recorded in the
+provenance. A factory whose weights change with the random seed, asked for without weights
+and without a seed, is accepted with a warning (:class:`RandomWeightsWarning`).
+
 Every ``state_dict`` goes through the one fit check, :func:`sglrp.models.zoo.load_checked`.
 """
 
@@ -24,6 +29,7 @@ import importlib.util
 import inspect
 import json
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +43,7 @@ from .images import IMAGENET_MEAN, IMAGENET_STD
 from .models.pretrained import ARCHITECTURES, available_pretrained, pretrained
 from .models.zoo import ZOO, get_model, head_name, load_checked, load_state_dict_file
 
-__all__ = ["SHIPPED", "ModelBundle", "load_model", "output_size"]
+__all__ = ["SHIPPED", "ModelBundle", "RandomWeightsWarning", "load_model", "output_size"]
 
 #: Shipped pretrained models (weights in ``sglrp/weights``).
 SHIPPED: tuple[str, ...] = tuple(ARCHITECTURES)
@@ -48,6 +54,10 @@ TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".jit", ".torchscript", ".ptl")
 IMAGENET_RESIZE, IMAGENET_SIZE = 256, 224
 #: The shapes models' input side (generated images are 64 x 64).
 SHAPES_SIZE = 64
+
+
+class RandomWeightsWarning(UserWarning):
+    """A model's weights are random and were not asked for on purpose."""
 
 
 @dataclass
@@ -80,6 +90,9 @@ class ModelBundle:
         TorchScript that could not be rebuilt as an eager zoo model (only gradient methods).
     notes
         Remarks for the output files (e.g. how a TorchScript model was rebuilt).
+    random_weights
+        Seed of random weights asked for on purpose (None: the weights are not random, or
+        not on purpose).
     """
 
     model: nn.Module
@@ -94,6 +107,7 @@ class ModelBundle:
     weights_file: str | None = None
     compiled: bool = False
     notes: list[str] = field(default_factory=list)
+    random_weights: int | None = None
 
     @property
     def provenance(self) -> dict[str, Any]:
@@ -103,12 +117,16 @@ class ModelBundle:
             "kind": self.kind,
             "weights": self.weights_file,
             "sha256": self.weights or None,
+            "random_weights": self.random_weights,
             "notes": list(self.notes),
         }
 
 
 def load_model(
-    spec: str, weights: str | None = None, num_classes: int | None = None
+    spec: str,
+    weights: str | None = None,
+    num_classes: int | None = None,
+    random_weights: int | None = None,
 ) -> ModelBundle:
     """Build the model named by ``spec`` (see the module docstring), in eval mode.
 
@@ -121,6 +139,9 @@ def load_model(
         ``state_dict`` file for a zoo name or a factory.
     num_classes
         Number of outputs (default: read from the weights, or the factory's default).
+    random_weights
+        Seed: build a zoo, shipped or factory model with random weights on purpose (not
+        with ``weights``).
 
     Raises
     ------
@@ -131,6 +152,8 @@ def load_model(
         raise ValueError(f"--num-classes must be positive, got {num_classes}")
     if weights is not None and not Path(weights).exists():
         raise FileNotFoundError(f"weights file not found: {weights}")
+    if random_weights is not None:
+        return _load_random(spec, weights, num_classes, random_weights)
     path = Path(spec)
     if spec in SHIPPED and weights is None:
         return _load_shipped(spec, num_classes)
@@ -141,7 +164,7 @@ def load_model(
         if weights is None:
             raise ValueError(
                 f"--model {spec} needs --weights FILE (a state_dict); random weights explain "
-                "nothing"
+                "nothing (pass --random-weights SEED to use them on purpose)"
             )
         n = num_classes or _head_size(weights) or _default_classes(ZOO[spec])
         bundle = ModelBundle(get_model(spec, n, weights), None, name=spec, kind="zoo")
@@ -170,6 +193,39 @@ def load_model(
         f"unknown model {spec!r}.{hint} Use a shipped model ({', '.join(SHIPPED)}), a zoo name "
         f"({', '.join(sorted(ZOO))}) with --weights, a TorchScript file, or module:factory"
     )
+
+
+def _load_random(spec: str, weights: str | None, num_classes: int | None, seed: int) -> ModelBundle:
+    """A zoo, shipped, torchvision or factory model with weights drawn under ``seed``."""
+    if weights is not None:
+        raise ValueError("--random-weights and --weights exclude each other; pass one")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"--random-weights takes a non-negative integer seed, got {seed!r}")
+    torchvision_models = _torchvision_models()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if torchvision_models is not None and spec in _classifiers(torchvision_models):
+            model = torchvision_models.get_model(
+                spec, weights=None, num_classes=num_classes or 1000
+            )
+            bundle = ModelBundle(model.eval(), None, name=spec, kind="torchvision")
+        elif spec in ZOO:
+            n = num_classes or (len(CLASSES) if spec in SHIPPED else _default_classes(ZOO[spec]))
+            bundle = ModelBundle(get_model(spec, n), None, name=spec, kind="zoo")
+            if spec in SHIPPED:
+                _shapes_preprocessing(bundle)
+        elif ":" in spec and not Path(spec).is_file():
+            bundle = _load_factory(spec, None, num_classes, checked=False)
+        else:
+            raise ValueError(
+                f"--random-weights applies to a zoo or shipped model name or module:factory, "
+                f"not {spec!r}"
+            )
+    bundle.random_weights = seed
+    bundle.notes.append(
+        f"random weights on purpose (seed {seed}): the maps explain no learned decision"
+    )
+    return bundle
 
 
 def output_size(model: nn.Module, side: int) -> int:
@@ -232,8 +288,11 @@ def _head_size(weights: str) -> int | None:
 def _torchvision_models() -> Any | None:
     """``torchvision.models`` where torchvision imports, else None (not installed, or broken
     beside this torch build: then the zoo's mirrors serve the same names)."""
-    if importlib.util.find_spec("torchvision") is None:
-        return None
+    try:
+        if importlib.util.find_spec("torchvision") is None:
+            return None
+    except ValueError:  # a module put into sys.modules by hand (no __spec__): try it as is
+        pass
     try:
         return importlib.import_module("torchvision.models")
     except Exception:  # noqa: BLE001 - any import failure means: use the mirror
@@ -255,7 +314,8 @@ def _load_torchvision(
     weights through the one fit check; ImageNet preprocessing."""
     if weights is None:
         raise ValueError(
-            f"--model {spec} needs --weights FILE (a state_dict); random weights explain nothing"
+            f"--model {spec} needs --weights FILE (a state_dict); random weights explain nothing "
+            "(pass --random-weights SEED to use them on purpose)"
         )
     n = num_classes or _head_size(weights) or 1000
     model = models.get_model(spec, weights=None, num_classes=n)
@@ -335,8 +395,15 @@ def _load_trained(path: Path, num_classes: int | None) -> ModelBundle:
     return bundle
 
 
-def _load_factory(spec: str, weights: str | None, num_classes: int | None) -> ModelBundle:
-    """``module:factory`` (module may be a dotted name or a ``.py`` file)."""
+def _load_factory(
+    spec: str, weights: str | None, num_classes: int | None, *, checked: bool = True
+) -> ModelBundle:
+    """``module:factory`` (module may be a dotted name or a ``.py`` file).
+
+    Without ``weights`` (and with ``checked``) the factory is called a second time under
+    another seed: weights that change with the seed are random, which is accepted with a
+    :class:`RandomWeightsWarning` and a note.
+    """
     module_name, _, attr = spec.rpartition(":")
     if not module_name or not attr:
         raise ValueError(f"--model {spec!r}: expected module:factory, e.g. mypkg.models:build")
@@ -348,12 +415,24 @@ def _load_factory(spec: str, weights: str | None, num_classes: int | None) -> Mo
         factory = getattr(factory, part)
     if not callable(factory):
         raise ValueError(f"--model {spec}: {attr!r} is not callable")
-    try:
-        model = factory() if num_classes is None else factory(num_classes=num_classes)
-    except Exception as err:
-        raise ValueError(f"--model {spec}: calling {attr}() failed: {_line(err)}") from err
+
+    def build() -> Any:
+        try:
+            return factory() if num_classes is None else factory(num_classes=num_classes)
+        except Exception as err:
+            raise ValueError(f"--model {spec}: calling {attr}() failed: {_line(err)}") from err
+
+    model = build()
     if not isinstance(model, nn.Module):
         raise TypeError(f"--model {spec}: {attr}() returned a {type(model).__name__}, not a model")
+    random_note = None
+    if weights is None and checked and _seed_dependent(model, build):
+        random_note = (
+            f"--model {spec} has random weights (they change with the random seed) and no "
+            "--weights file: the maps explain no learned decision; pass --weights FILE, or "
+            "--random-weights SEED to use random weights on purpose"
+        )
+        warnings.warn(random_note, RandomWeightsWarning, stacklevel=3)
     if weights is not None:
         if isinstance(model, torch.jit.ScriptModule):
             raise ValueError(f"--weights does not apply to the TorchScript model from {spec}")
@@ -363,7 +442,23 @@ def _load_factory(spec: str, weights: str | None, num_classes: int | None) -> Mo
     bundle = ModelBundle(model.eval(), None, name=spec, kind="factory")
     if weights is not None:
         _set_weights(bundle, Path(weights))
+    if random_note:
+        bundle.notes.append(random_note)
     return bundle
+
+
+def _seed_dependent(model: nn.Module, build: Any) -> bool:
+    """True if building the model again under another seed gives other weights."""
+    first = [t for t in model.state_dict().values() if t.is_floating_point()]
+    if not first:
+        return False
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(torch.initial_seed() + 1)
+        again = build()
+    second = [t for t in again.state_dict().values() if t.is_floating_point()]
+    if len(first) != len(second):
+        return True
+    return any(not torch.equal(a, b) for a, b in zip(first, second, strict=True))
 
 
 def _import(module_name: str) -> Any:

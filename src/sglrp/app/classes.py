@@ -5,12 +5,46 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 
-__all__ = ["class_name", "resolve_target"]
+from ..data import IMAGENET_NUM_CLASSES, imagenet_classes
+
+__all__ = [
+    "IMAGENET_NOTE",
+    "class_name",
+    "default_classes",
+    "format_probability",
+    "resolve_target",
+]
 
 
 def class_name(classes: Sequence[str] | None, index: int) -> str:
     """Name of class ``index``, or ``"class <index>"`` without names."""
     return classes[index] if classes else f"class {index}"
+
+
+IMAGENET_NOTE = "class names: ImageNet-1k (the model has 1000 outputs and no names of its own)"
+
+
+def default_classes(
+    classes: Sequence[str] | None, num_classes: int
+) -> tuple[Sequence[str] | None, str | None]:
+    """The model's own class names; else ImageNet-1k's for 1000 outputs (with a note).
+
+    Returns ``(names or None, note or None)``.
+    """
+    if classes or num_classes != IMAGENET_NUM_CLASSES:
+        return classes, None
+    return imagenet_classes(), IMAGENET_NOTE
+
+
+def format_probability(p: float) -> str:
+    """A probability with enough digits to tell it from 0: ``0.9612``, ``0.0123``, ``3.1e-05``.
+
+    Four decimals from 0.001 up, two significant digits in scientific notation below, ``0``
+    only for an exact zero.
+    """
+    if p == 0:
+        return "0"
+    return f"{p:.4f}" if p >= 1e-3 else f"{p:.2g}"
 
 
 def resolve_target(spec: str, classes: Sequence[str] | None, num_classes: int) -> str | int:

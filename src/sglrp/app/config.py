@@ -185,8 +185,15 @@ class EvalConfig:
     Attributes
     ----------
     model
-        Shipped model name (``sglrp.models.pretrained``) or a weights file written by
-        ``sglrp train`` (``.pt`` with its ``.json`` metadata beside it).
+        Any :func:`sglrp.loading.load_model` spec: a shipped model, a zoo name with
+        ``weights``, a ``sglrp train`` weights file, TorchScript or ``module:factory``.
+    weights
+        ``state_dict`` file of a zoo name or a factory (its SHA-256 is part of the run's
+        identity, not its path).
+    labels
+        Class-names file for a model that has none.
+    random_weights
+        Seed of random weights asked for on purpose (``--random-weights``).
     data
         ``"builtin"`` (generated ``multi`` and ``single`` images) or a VOC folder.
     methods, metrics
@@ -205,6 +212,9 @@ class EvalConfig:
     """
 
     model: str = "shapes_vgg"
+    weights: str | None = None
+    labels: str | None = None
+    random_weights: int | None = None
     data: str = "builtin"
     methods: tuple[str, ...] = DEFAULT_METHODS
     metrics: tuple[str, ...] = METRIC_NAMES
@@ -220,6 +230,12 @@ class EvalConfig:
         """The settings that decide the results (a resumed run must match them)."""
         d = asdict(self)
         d.pop("device")
+        d.pop("weights")  # the runner adds the weights' SHA-256
+        for key in ("labels", "random_weights"):  # unset: as in runs before these existed
+            if d[key] is None:
+                d.pop(key)
+        if self.labels is not None:
+            d["labels"] = str(Path(self.labels).resolve())
         d["data"] = _data_identity(self.data)
         return json.loads(json.dumps(d))
 

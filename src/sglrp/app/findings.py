@@ -22,7 +22,17 @@ __all__ = [
     "summary_paragraphs",
 ]
 
-SUBSETS = (("single_object", "single-object"), ("multi_object", "multi-object"))
+#: Subsets of units reported beside the pooled mean, in table order: by the number of classes
+#: in the unit's image, and, for the second-class measures, whether that class is in the
+#: image (masking a class that is absent says little about class discrimination).
+SUBSETS = (
+    ("single_object", "1 class"),
+    ("two_classes", "2 classes"),
+    ("three_classes", "3+ classes"),
+    ("multi_object", "2+ classes"),
+    ("second_present", "2nd class present"),
+    ("second_absent", "2nd class absent"),
+)
 
 
 def number(v: float | None, digits: int = 3) -> str:
@@ -195,9 +205,6 @@ def _paper_checks(metrics: Mapping[str, Any], methods: Sequence[str]) -> list[st
                 + " (paper: more than LRP and CLRP at every p)."
             )
     return out
-
-
-SUBSETS = (("single_object", "single-object"), ("multi_object", "multi-object"))
 
 
 def subset_best(entry: Mapping[str, Any], subset: str) -> str | None:

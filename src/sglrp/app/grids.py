@@ -11,6 +11,7 @@ from ..data import to_tensor
 from ..loading import ModelBundle
 from ..viz import comparison_grid
 from .batch import explain_relevance
+from .classes import format_probability
 from .config import method_label as label
 from .sources import DataSource
 
@@ -38,10 +39,11 @@ def comparison_rows(
             rows.append(i)
             targets.append(int(c))
             others = ", ".join(names[k] for k in present if k != c)
+            p_c, p_top = (format_probability(float(probs[i, k])) for k in (c, top))
             titles.append(
-                f"{source.ids[indices[i]]}: target {names[c]} (p={float(probs[i, c]):.2f})"
+                f"{source.ids[indices[i]]}: target {names[c]} (p={p_c})"
                 f" | also present: {others or '-'}"
-                f" | top-1: {names[top]} ({float(probs[i, top]):.2f})"
+                f" | top-1: {names[top]} ({p_top})"
             )
     return x[rows], rows, targets, titles
 

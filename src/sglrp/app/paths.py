@@ -21,7 +21,7 @@ generated multi-object shapes image.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,7 @@ from ..viz import (
     path_figure,
     save_map_png,
 )
-from .classes import resolve_target
+from .classes import default_classes, format_probability, resolve_target
 
 __all__ = ["PathsRequest", "analyse", "load_input"]
 
@@ -84,6 +84,8 @@ class PathsRequest:
     size: int | None
     out: str
     batch_size: int
+    random_weights: int | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
 def _parse_k(text: str) -> int | None:
@@ -149,16 +151,17 @@ def analyse(args: PathsRequest) -> int:
     if args.size is not None and args.size < 8:
         raise ValueError(f"--size must be at least 8 pixels, got {args.size}")
 
-    bundle = load_model(args.model, args.weights, args.num_classes)
+    bundle = load_model(args.model, args.weights, args.num_classes, args.random_weights)
     if bundle.compiled:
         raise ValueError(
             f"{args.model} is compiled TorchScript; neuron analysis needs the model's layers: "
             "pass --model NAME --weights FILE or module:factory"
         )
-    model = bundle.model
+    model = bundle.model.to(args.device)  # the loader's own copy
     mean, std = tuple(bundle.mean), tuple(bundle.std)
     size = args.size or bundle.size
     x, shown, image_info = load_input(args.image, size, mean, std)
+    x = x.to(args.device)
     bounds = bounds_from_normalization(mean, std)
 
     layers = neuron_layers(model, x)
@@ -176,6 +179,9 @@ def analyse(args: PathsRequest) -> int:
     num_classes = int(logits.shape[1])
     if classes is not None and len(classes) != num_classes:
         classes = None
+    classes, note = default_classes(classes, num_classes)
+    if note:
+        bundle.notes.append(note)
     target = resolve_target(args.target, classes, num_classes)
     t = int(logits.argmax(1)) if target == "predicted" else None
     if target == "second":
@@ -269,7 +275,9 @@ def analyse(args: PathsRequest) -> int:
         heat,
         mean=mean,
         std=std,
-        row_titles=[f"{args.method.upper()} for '{t_name}' (p = {float(probs[t]):.2f})"],
+        row_titles=[
+            f"{args.method.upper()} for '{t_name}' (p = {format_probability(float(probs[t]))})"
+        ],
         path=out / "heatmaps.png",
     )
     files["heatmaps"] = "heatmaps.png"

@@ -113,7 +113,10 @@ def _table(key: str, entry: Mapping[str, Any], methods: Sequence[str]) -> str:
         body.append(f"<tr{cls}>{''.join(cells)}</tr>")
     note = f"{html.escape(entry['score'])}; {better} is better."
     if subsets:
-        note += " Single-/multi-object: means over the units of one- and of several-class images."
+        note += (
+            " Subset columns: means over the units of images with that many classes, and for "
+            "the second-class measures over units whose second class is in / not in the image."
+        )
     if show:
         note += f" Columns on the right: mean at each {html.escape(entry['level_name'] or '')}."
     if entry.get("best") and entry.get("runner_up") and "best_vs_runner_up" in entry:

@@ -2,8 +2,9 @@
 
 Runs the paper's methods and the random baseline through every metric
 (:func:`sglrp.app.runner.run`), draws comparison grids on multi-object images for each class
-present, and writes ``OUT/index.html`` (self-contained) and ``OUT/metrics.json``. A run
-interrupted part-way resumes when started again with the same settings.
+present and the class-collapse curves (:mod:`sglrp.app.diagnostics`), and writes
+``OUT/index.html`` (self-contained) and ``OUT/metrics.json``. A run interrupted part-way
+resumes when started again with the same settings.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from pathlib import Path
 
 from . import runner
 from .config import EvalConfig
+from .diagnostics import collapse_curves, write_collapse
 from .distributed import detect
 from .findings import label
 from .grids import write_grid
 from .report import write_report
-from .sources import open_data
+from .sources import DataSource, open_data
 from .store import run_lock
 
 __all__ = ["FULL", "QUICK", "reproduce"]
@@ -28,6 +30,21 @@ __all__ = ["FULL", "QUICK", "reproduce"]
 #: Settings of the full run (about 10 minutes on 2 CPU cores) and of ``--quick``.
 FULL = {"n": 100, "steps": 10, "grid_images": 4}
 QUICK = {"n": 6, "steps": 8, "grid_images": 2}
+#: Images of the class-collapse curves; models with more classes than this are skipped (one
+#: backward pass per class).
+COLLAPSE_IMAGES = 4
+MAX_COLLAPSE_CLASSES = 50
+
+
+def _multi_object(source: DataSource, limit: int) -> list[int]:
+    """The first ``limit`` images of ``source`` that hold two or more classes."""
+    found = []
+    for i in range(len(source)):
+        if len(found) >= limit:
+            break
+        if len(set(source.load(i).labels)) >= 2:
+            found.append(i)
+    return found
 
 
 def reproduce(
@@ -74,14 +91,9 @@ def _reproduce(
     if data is None:  # another rank of a torchrun job: rank 0 writes the report
         return None
     say("[2/3] drawing comparison grids")
-    bundle = runner.load_model(cfg.model)
+    bundle = runner.load_model(cfg)
     source = open_data(cfg.data, cfg.n, cfg.seed, bundle)
-    multi = []
-    for i in range(len(source)):
-        if len(multi) >= grid_images:
-            break
-        if len(set(source.load(i).labels)) >= 2:
-            multi.append(i)
+    multi = _multi_object(source, grid_images)
     grids = []
     if multi:
         path = write_grid(bundle, source, multi, data["methods"], out / "comparison_grid.png")
@@ -92,6 +104,11 @@ def _reproduce(
         grids.append((path, caption))
     else:
         say("no multi-object images in the data; the report has no comparison grid")
+    collapse_images = _multi_object(source, COLLAPSE_IMAGES)
+    if collapse_images and bundle.classes and len(bundle.classes) <= MAX_COLLAPSE_CLASSES:
+        say(f"class-collapse curves on {len(collapse_images)} images")
+        result = collapse_curves(bundle, source, collapse_images)
+        grids.append(write_collapse(out, result, cfg.model))
     say("[3/3] writing the report")
     report = write_report(out, data, grids, seconds=time.perf_counter() - start)
     for entry in data["metrics"].values():

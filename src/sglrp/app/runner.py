@@ -46,14 +46,13 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .. import loading
 from ..atomic import write_json
 from ..loading import ModelBundle
 from . import distributed
 from .batch import compute_batch
 from .config import EvalConfig, resolve_methods, resolve_metrics
 from .plots import write_plots
-from .sources import batches, open_data
+from .sources import batches, load_run_model, open_data
 from .store import (
     RunDirError,
     append_record,
@@ -68,15 +67,9 @@ from .summary import metrics_document, write_csv
 __all__ = ["load_model", "run", "write_outputs"]
 
 
-def load_model(spec: str) -> ModelBundle:
-    """The model of ``spec`` (:func:`sglrp.loading.load_model`); it must name its classes."""
-    bundle = loading.load_model(spec)
-    if not bundle.classes:
-        raise ValueError(
-            f"--model {spec}: evaluation needs the model's class names; use a shipped model or "
-            "a weights file written by `sglrp train` (its JSON lists the classes)"
-        )
-    return bundle
+def load_model(cfg: EvalConfig) -> ModelBundle:
+    """The model of ``cfg`` with its class names (:func:`sglrp.app.sources.load_run_model`)."""
+    return load_run_model(cfg.model, cfg.weights, cfg.labels, cfg.random_weights)
 
 
 def run(
@@ -108,7 +101,7 @@ def run(
     out = Path(out)
     with distributed.setup(cfg.device) as info, ExitStack() as held:
         say = (log or (lambda s: print(s, file=sys.stderr))) if info.is_root else (lambda s: None)
-        bundle = load_model(cfg.model)
+        bundle = load_model(cfg)
         bundle.model.to(info.device)
         source = open_data(cfg.data, cfg.n, cfg.seed, bundle)
         plan = batches(len(source), cfg.batch_size)

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from ..data import generate, load_voc
-from ..loading import ModelBundle
+from ..images import read_labels
+from ..loading import ModelBundle, load_model, output_size
 
-__all__ = ["BUILTIN_N", "DataSource", "batches", "open_data"]
+__all__ = ["BUILTIN_N", "DataSource", "batches", "load_run_model", "open_data"]
 
 
 @dataclass
@@ -36,6 +37,30 @@ class DataSource:
 
 
 BUILTIN_N = 48
+
+
+def load_run_model(
+    spec: str,
+    weights: str | None = None,
+    labels: str | None = None,
+    random_weights: int | None = None,
+) -> ModelBundle:
+    """The model an evaluation runs (any :func:`sglrp.loading.load_model` spec) with its
+    class names: the model's own, or those of the ``labels`` file (one per output)."""
+    bundle = load_model(spec, weights, random_weights=random_weights)
+    if labels is not None:
+        names = tuple(read_labels(labels))
+        n = output_size(bundle.model, bundle.size)
+        if len(names) != n:
+            raise ValueError(f"--labels {labels} has {len(names)} names but the model outputs {n}")
+        bundle.classes = names
+    if not bundle.classes:
+        raise ValueError(
+            f"--model {spec}: evaluation needs the model's class names (the names in the VOC "
+            "annotations); pass --labels FILE, or use a shipped model or a weights file "
+            "written by `sglrp train` (its JSON lists the classes)"
+        )
+    return bundle
 
 
 def open_data(spec: str, n: int | None, seed: int, bundle: ModelBundle) -> DataSource:

@@ -59,6 +59,8 @@ OUTPUTS: tuple[str, ...] = (
     "metrics.csv",
     *(name for name, _, _ in PLOTS.values()),
     "comparison_grid.png",
+    "collapse.json",
+    "collapse.png",
     "summary.md",
     "index.html",
 )

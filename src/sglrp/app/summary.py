@@ -52,8 +52,10 @@ def summarize(
     For each measure: the mean with its 95 % interval over units (NaN units excluded and
     counted), per-level aggregates for curves, the best method by the measure's direction,
     the runner-up and the paired difference best - runner-up over the same units (``clear``
-    when its interval excludes 0), and ``subsets``: the aggregates over units of
-    single-object and of multi-object images (where class discrimination matters).
+    when its interval excludes 0), and ``subsets``: the aggregates over the units of images
+    with 1, 2, 3+ and 2+ classes (where class discrimination matters) and, for the
+    second-class measures, over units whose second class is present in / absent from the
+    image.
     """
     ordered = [records[b] for b in sorted(records)]
     result: dict[str, Any] = {}
@@ -62,7 +64,7 @@ def summarize(
         per_method: dict[str, list] = {m: [] for m in methods}
         curves: dict[str, list] = {m: [] for m in methods}
         targets: list[int] = []
-        multi: list[bool] = []
+        membership: list[dict[str, bool]] = []
         levels = None
         for rec in ordered:
             scores = rec.get("scores", {}).get(meas.key, {})
@@ -71,10 +73,7 @@ def summarize(
                 curves[m].extend(rec.get("curves", {}).get(meas.key, {}).get(m, []))
             if scores:
                 targets.extend(rec["units"][kind]["target"])
-                counts: dict[str, int] = {}
-                for img in rec["units"]["gt"]["image"]:
-                    counts[img] = counts.get(img, 0) + 1
-                multi.extend(counts.get(img, 0) >= 2 for img in rec["units"][kind]["image"])
+                membership.extend(_subsets_of_units(rec["units"], kind))
             levels = rec.get("levels", {}).get(meas.key, levels)
         entry: dict[str, Any] = {
             "metric": meas.metric,
@@ -93,12 +92,12 @@ def summarize(
                 stats["curve"] = [_agg_dict(c) for c in cols]
             if meas.key == "pointing_game" and targets:
                 stats["class_mean"] = _class_mean(per_method[m], targets, len(classes))
-            if len(multi) == len(per_method[m]):
+            if membership and len(membership) == len(per_method[m]):
                 stats["subsets"] = {
                     name: _agg_dict(
-                        [v for v, f in zip(per_method[m], multi, strict=True) if f == flag]
+                        [v for v, u in zip(per_method[m], membership, strict=True) if u[name]]
                     )
-                    for name, flag in (("single_object", False), ("multi_object", True))
+                    for name in membership[0]
                 }
             entry["methods"][m] = stats
         order = _best(meas.direction, {m: entry["methods"][m]["mean"] for m in methods})
@@ -117,6 +116,28 @@ def summarize(
             )
         result[meas.key] = entry
     return result
+
+
+def _subsets_of_units(units: Mapping[str, Any], kind: str) -> list[dict[str, bool]]:
+    """Per unit of ``kind`` in one batch record, which subsets it belongs to: by the number of
+    classes in its image and, for second-class units, whether that class is in the image."""
+    present: dict[Any, set[int]] = {}
+    for img, cls in zip(units["gt"]["image"], units["gt"]["target"], strict=True):
+        present.setdefault(img, set()).add(cls)
+    out = []
+    for img, cls in zip(units[kind]["image"], units[kind]["target"], strict=True):
+        k = len(present.get(img, ()))
+        member = {
+            "single_object": k == 1,
+            "two_classes": k == 2,
+            "three_classes": k >= 3,
+            "multi_object": k >= 2,
+        }
+        if kind == "second":
+            member["second_present"] = cls in present.get(img, ())
+            member["second_absent"] = cls not in present.get(img, ())
+        out.append(member)
+    return out
 
 
 def _class_mean(scores: Sequence[float | None], targets: Sequence[int], k: int) -> float | None:

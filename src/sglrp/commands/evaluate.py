@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..app.config import DEFAULT_METHODS, METRIC_NAMES, EvalConfig, resolve_metrics
 from ..app.runner import run
-from .options import add_run_options, apply_threads, check_out, method_help, parse_methods
+from .options import add_run_options, check_compute, check_out, method_help, parse_methods
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,7 +47,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="images per built-in split, or the first N of a folder (default: 48 per split / "
         "all); under torchrun spell it --num-images (torchrun mistakes --n for its own options)",
     )
-    p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
     p.add_argument("--steps", type=int, default=16, help="deletion/insertion steps (default 16)")
     p.add_argument(
         "--restart",
@@ -60,10 +59,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run the evaluation; print where the results are."""
-    apply_threads(args.threads)
+    check_compute(args)
     check_out(args.out)
     cfg = EvalConfig(
         model=args.model,
+        weights=args.weights,
+        labels=args.labels,
+        random_weights=args.random_weights,
         data=args.data,
         methods=tuple(parse_methods(args.methods, "--methods")),
         metrics=tuple(resolve_metrics(args.metrics)),

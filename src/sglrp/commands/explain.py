@@ -10,16 +10,15 @@ other images are still processed and the exit status is 1.
 from __future__ import annotations
 
 import argparse
-import difflib
 import sys
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tqdm import tqdm
 
-from ..app.classes import resolve_target
+from ..app.classes import default_classes, format_probability, resolve_target
 from ..app.config import PAPER_METHODS
-from ..app.explain import Settings, expand_images, explain_image, unique_dirs
+from ..app.explain import Settings, check_layer, expand_images, explain_images, unique_dirs
+from ..app.explain_summary import summary_row, write_summary
 from ..images import read_labels
 from ..loading import SHIPPED, load_model, output_size
 from ..methods import get, methods
@@ -27,9 +26,11 @@ from ..presets import PRESETS, bounds_from_normalization
 from .options import (
     add_compute_options,
     add_model_options,
-    apply_threads,
+    check_cmap,
+    check_compute,
     check_out,
     method_help,
+    parse_crop,
     parse_floats,
     parse_methods,
 )
@@ -42,8 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="explain a classifier's decision on image files",
         description=(
             "Compute relevance maps (SGLRP, CLRP, LRP, Grad-CAM variants, ...) for image files "
-            "and write a comparison grid, per-method PNG and .npy files and a JSON summary per "
-            "image into OUT/<image stem>/."
+            "and write a comparison grid, per-method PNG and .npy files, overlays on the "
+            "original image at its own resolution and a JSON summary per image into "
+            "OUT/<image stem>/, and OUT/summary.json and OUT/summary.csv across images."
         ),
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or directories")
@@ -73,7 +75,20 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="resize the shorter side to S (default 256; shapes models 64)",
     )
     p.add_argument(
-        "--crop", type=int, metavar="C", help="centre crop C x C (default 224; shapes models 64)"
+        "--crop",
+        metavar="MODE",
+        help="center (default: shorter side to --size, centre square of the model's input "
+        "size), pad (whole image, longer side to the input size, padded square), none (whole "
+        "image, shorter side to --size; the model must accept any shape), a side C (centre "
+        "crop C x C; default 224, shapes models 64), or center:C / pad:C",
+    )
+    p.add_argument(
+        "--cmap",
+        metavar="NAME",
+        help="matplotlib colour map of maps, overlays and grid (default bwr signed, hot positive)",
+    )
+    p.add_argument(
+        "--recursive", action="store_true", help="read folders' sub-folders too (IMAGE folders)"
     )
     p.add_argument(
         "--mean", metavar="R,G,B", help="normalisation mean (default ImageNet or the model's own)"
@@ -88,7 +103,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default="signed",
         help="signed maps (red +, blue -; default) or positive relevance only (the paper)",
     )
-    add_compute_options(p, device=False)
+    add_compute_options(p, batch_size=8, batch_help="images per forward/backward pass")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
@@ -97,13 +112,14 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def prepare(args: argparse.Namespace) -> Settings:
     """Check every option and load the model; raises on the first problem."""
     out = check_out(args.out)
+    device = check_compute(args)
     method_names = parse_methods(args.method)
     if args.rules not in PRESETS:
         raise ValueError(f"unknown rules preset {args.rules!r}; available: {', '.join(PRESETS)}")
-    for name in ("size", "crop"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name} must be a positive number of pixels, got {value}")
+    if args.size is not None and args.size < 1:
+        raise ValueError(f"--size must be a positive number of pixels, got {args.size}")
+    crop_mode, crop_side = parse_crop(args.crop)
+    cmap = check_cmap(args.cmap)
     mean = parse_floats(args.mean, "--mean") if args.mean else None
     std = parse_floats(args.std, "--std") if args.std else None
     if std is not None and min(std) <= 0:
@@ -113,7 +129,7 @@ def prepare(args: argparse.Namespace) -> Settings:
     if num_classes is None and labels is not None and args.model not in SHIPPED:
         num_classes = len(labels)
 
-    bundle = load_model(args.model, args.weights, num_classes)
+    bundle = load_model(args.model, args.weights, num_classes, args.random_weights)
     if bundle.compiled:
         safe = [m.name for m in methods() if not m.needs_layers]
         blocked = [m for m in method_names if get(m).needs_layers]
@@ -128,13 +144,17 @@ def prepare(args: argparse.Namespace) -> Settings:
     mean = mean or bundle.mean
     std = std or bundle.std
     default_size, default_crop = bundle.resize, bundle.size
-    crop = args.crop or default_crop
+    crop = crop_side or default_crop
     size = args.size or (
-        default_size if args.crop is None else round(crop * default_size / default_crop)
+        default_size if crop_side is None else round(crop * default_size / default_crop)
     )
+    if crop_mode == "none" and args.size is None:
+        size = crop  # the whole image, its shorter side the model's input size
 
     out_classes = output_size(bundle.model, crop)
-    classes = labels or bundle.classes
+    classes, note = default_classes(labels or bundle.classes, out_classes)
+    if note:
+        bundle.notes.append(note)
     if classes is not None and len(classes) != out_classes:
         source = f"--labels {args.labels}" if labels else "the model's class list"
         raise ValueError(
@@ -146,13 +166,9 @@ def prepare(args: argparse.Namespace) -> Settings:
         if not any(get(m).takes_layer for m in method_names):
             layered = [m.name for m in methods() if m.takes_layer]
             raise ValueError(f"--layer applies to {', '.join(layered)}; none was requested")
-        names = [n for n, _ in bundle.model.named_modules() if n]
-        if args.layer not in names:
-            close = difflib.get_close_matches(args.layer, names, n=3)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
-            shown = ", ".join(names[-6:])
-            raise ValueError(f"unknown layer {args.layer!r}.{hint} Last layers: {shown}")
+        check_layer(bundle.model, args.layer)
     low, high = bounds_from_normalization(mean, std)
+    bundle.model.to(device)  # the loader's own copy, not the user's model
     return Settings(
         bundle=bundle,
         methods=method_names,
@@ -170,6 +186,10 @@ def prepare(args: argparse.Namespace) -> Settings:
         out=out,
         model_spec=args.model,
         weights=args.weights,
+        device=device,
+        batch_size=args.batch_size,
+        crop_mode=crop_mode,
+        cmap=cmap,
     )
 
 
@@ -178,32 +198,39 @@ def _line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _bar(items: Sequence[Path], quiet: bool) -> Iterator[Path]:
-    return tqdm(
-        items, desc="explain", unit="image", file=sys.stderr, disable=True if quiet else None
-    )
-
-
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``sglrp explain``; returns the exit status."""
-    apply_threads(args.threads)
     settings = prepare(args)
-    images = expand_images(args.images)
+    images = expand_images(args.images, recursive=args.recursive)
     dirs = unique_dirs(images, settings.out)
-    failed = 0
-    bar = _bar(images, args.no_progress)
-    for path, out_dir in zip(bar, dirs, strict=True):
-        try:
-            summary = explain_image(settings, path, out_dir)
-        except Exception as err:  # noqa: BLE001 - one line per bad image, then go on
-            failed += 1
-            message = _line(err)
-            if str(path) not in message:
-                message = f"{path}: {message}"
-            tqdm.write(f"sglrp explain: error: {message}", file=sys.stderr)
-            continue
-        t = summary["target"]
-        tqdm.write(f"{path}: {t['name']} ({t['probability']:.3f}) -> {out_dir}", file=sys.stdout)
+    rows: dict[Path, dict] = {}
+
+    def on_error(path: Path, err: BaseException) -> None:
+        message = _line(err)
+        if str(path) not in message:
+            message = f"{path}: {message}"
+        rows[path] = summary_row(path, path, error=message)
+        tqdm.write(f"sglrp explain: error: {message}", file=sys.stderr)
+        bar.update(1)
+
+    quiet = True if args.no_progress else None
+    bar = tqdm(total=len(images), desc="explain", unit="image", file=sys.stderr, disable=quiet)
+    with bar:
+        for path, out_dir, summary in explain_images(settings, images, dirs, on_error):
+            rows[path] = summary_row(path, out_dir, summary)
+            t = summary["target"]
+            p = format_probability(t["probability"])
+            note = " (caution: unlike the training data)" if summary.get("caution") else ""
+            tqdm.write(f"{path}: {t['name']} ({p}) -> {out_dir}{note}", file=sys.stdout)
+            bar.update(1)
+    write_summary(settings.out, [rows[p] for p in images if p in rows], vars_summary(args))
+    failed = sum(r["status"] != "ok" for r in rows.values())
     done = len(images) - failed
-    print(f"explained {done} of {len(images)} images into {settings.out}")
+    if done:  # after failures only, their error lines say it all
+        print(f"explained {done} of {len(images)} images into {settings.out}")
     return 1 if failed else 0
+
+
+def vars_summary(args: argparse.Namespace) -> dict:
+    """The options as given, for ``summary.json``."""
+    return {k: v for k, v in vars(args).items() if k != "func" and not callable(v)}

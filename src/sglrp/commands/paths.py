@@ -11,7 +11,7 @@ from dataclasses import fields
 
 from ..app.paths import PathsRequest, analyse
 from ..methods import available
-from .options import add_compute_options, add_model_options, apply_threads, check_out
+from .options import add_compute_options, add_model_options, check_compute, check_out
 
 __all__ = ["register", "run"]
 
@@ -93,16 +93,14 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--size", type=int, metavar="S", help="input side in pixels (model default)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    p.add_argument(
-        "--batch-size", type=int, default=16, metavar="B", help="image copies per pass (16)"
-    )
-    add_compute_options(p, device=False)
+    add_compute_options(p, batch_help="image copies per pass")
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     """Check the output folder, run the analysis; returns the exit status."""
-    apply_threads(args.threads)
+    device = check_compute(args)
     check_out(args.out)
-    return analyse(PathsRequest(**{f.name: getattr(args, f.name) for f in fields(PathsRequest)}))
+    values = {f.name: getattr(args, f.name) for f in fields(PathsRequest) if f.name != "device"}
+    return analyse(PathsRequest(**values, device=device))

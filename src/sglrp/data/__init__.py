@@ -1,5 +1,6 @@
 """Generated shape images with exact ground truth, and Pascal VOC style export / import."""
 
+from .imagenet import IMAGENET_NUM_CLASSES, imagenet_classes
 from .mosaic import CELLS, Mosaic, mosaic
 from .shapes import (
     CLASSES,
@@ -19,6 +20,7 @@ from .voc import ClippedBoxWarning, VOCDataset, export_voc, load_voc
 __all__ = [
     "CELLS",
     "CLASSES",
+    "IMAGENET_NUM_CLASSES",
     "ClippedBoxWarning",
     "MEAN",
     "SPLITS",
@@ -31,6 +33,7 @@ __all__ = [
     "dataset_stats",
     "export_voc",
     "generate",
+    "imagenet_classes",
     "load_voc",
     "mosaic",
     "to_images",

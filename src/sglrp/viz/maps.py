@@ -323,6 +323,7 @@ def overlay(
     cmap: str | Colormap | None = None,
     vmax: float | None = 1.0,
     gray: bool = True,
+    seen: Any | None = None,
 ) -> np.ndarray:
     """Blend a rendered map over an image.
 
@@ -343,6 +344,9 @@ def overlay(
         Passed to the renderer.
     gray : bool
         Show the image in grey underneath so the map colours are not confused with it.
+    seen : array or None
+        Boolean (H, W) at the image's size: where False (parts of the image the model did not
+        see) the image is shown darkened and without map colour.
 
     Returns
     -------
@@ -360,7 +364,13 @@ def overlay(
     else:
         heat = render_positive(map2d, cmap or "hot", vmax)
     heat = _resize_nearest(heat, img.shape[:2]).astype(np.float64)
-    return np.round((1.0 - alpha) * img + alpha * heat).clip(0, 255).astype(np.uint8)
+    out = (1.0 - alpha) * img + alpha * heat
+    if seen is not None:
+        mask = np.asarray(seen, dtype=bool)
+        if mask.shape != img.shape[:2]:
+            raise ValueError(f"seen must be (H, W) = {img.shape[:2]}, got {mask.shape}")
+        out = np.where(mask[..., None], out, 0.5 * img)
+    return np.round(out).clip(0, 255).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------- files
