@@ -1,7 +1,15 @@
-"""Atomic file output: a reader never sees a half-written file."""
+"""Atomic file output: a reader never sees a half-written file.
+
+A file ``DIR/NAME`` is written to a hidden temporary file ``DIR/.NAME.<random><suffix>``
+(:func:`temp_pattern` matches them, so a run can remove the ones a killed process left) and
+renamed into place in one step. The result gets the mode an ordinary ``open`` would give it
+(``0o666 & ~umask``), not ``tempfile``'s private ``0o600``. A full disk is reported as
+``OSError(ENOSPC)`` naming the file that was being written.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -10,24 +18,62 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+__all__ = [
+    "atomic_open",
+    "atomic_path",
+    "file_mode",
+    "named_os_error",
+    "temp_pattern",
+    "write_json",
+    "write_text",
+    "write_with",
+]
+
+
+def temp_pattern(name: str) -> str:
+    """Glob pattern of the temporary files :func:`atomic_path` creates for a file ``name``."""
+    return f".{name}.*"
+
+
+def file_mode() -> int:
+    """Mode of a new file under the current umask: ``0o666 & ~umask``."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def named_os_error(err: OSError, path: str | os.PathLike) -> OSError:
+    """``err`` with ``path`` as its file name when it has none (a failed ``write`` names none)."""
+    if err.filename is not None:
+        return err
+    return OSError(err.errno, err.strerror or os.strerror(err.errno or 0), str(path))
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step.
 
     The temporary file keeps ``path``'s suffix (or ``suffix``) so writers that pick the
-    format from the extension (Pillow, matplotlib, numpy) do the right thing.
+    format from the extension (Pillow, matplotlib, numpy) do the right thing. On any error the
+    temporary file is removed and ``path`` is left as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp"
+        dir=path.parent,
+        prefix=temp_pattern(path.name)[:-1],
+        suffix=suffix or path.suffix or ".tmp",
     )
-    os.close(fd)
     tmp_path = Path(tmp)
     try:
+        os.fchmod(fd, file_mode())
+        os.close(fd)
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise named_os_error(err, path) from err
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

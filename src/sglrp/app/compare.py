@@ -52,8 +52,12 @@ def reproduce_models(
     *,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    restart: bool = False,
 ) -> Path | None:
     """Reproduce ``cfg`` on every model into ``out/<model>/`` and write the comparison page.
+
+    Each ``out/<model>/`` is one run folder (:mod:`sglrp.app.store`); ``restart`` moves the
+    run already in it aside.
 
     ``cfg.n`` is the budget of one model; it is shared (see :func:`images_per_model`).
     Returns ``out/index.html`` (None on the non-root ranks of a torchrun job).
@@ -66,7 +70,12 @@ def reproduce_models(
     for i, model in enumerate(models, 1):
         say(f"model {i}/{len(models)}: {model} ({n} images per split)")
         report = reproduce(
-            replace(cfg, model=model, n=n), out / model, grid_images, progress=progress, log=say
+            replace(cfg, model=model, n=n),
+            out / model,
+            grid_images,
+            progress=progress,
+            log=say,
+            restart=restart,
         )
         if report is None:
             return None

@@ -19,7 +19,15 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "barrier", "detect", "gather_to_root", "setup", "shard"]
+__all__ = [
+    "DistInfo",
+    "barrier",
+    "broadcast_from_root",
+    "detect",
+    "gather_to_root",
+    "setup",
+    "shard",
+]
 
 T = TypeVar("T")
 
@@ -134,3 +142,12 @@ def gather_to_root(obj: Any, info: DistInfo) -> list[Any] | None:
     out: list[Any] | None = [None] * info.world_size if info.is_root else None
     dist.gather_object(obj, out, dst=0)
     return out
+
+
+def broadcast_from_root(obj: Any, info: DistInfo) -> Any:
+    """Rank 0's ``obj`` on every rank (``obj`` itself with one process)."""
+    if not info.distributed:
+        return obj
+    box = [obj if info.is_root else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

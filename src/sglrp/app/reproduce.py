@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 from . import runner
@@ -22,6 +23,7 @@ from .findings import label
 from .grids import write_grid
 from .report import write_report
 from .sources import DataSource, open_data
+from .store import run_lock
 
 __all__ = ["FULL", "QUICK", "reproduce"]
 
@@ -52,8 +54,13 @@ def reproduce(
     *,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    restart: bool = False,
 ) -> Path | None:
     """Evaluate ``cfg`` into ``out``, draw up to ``grid_images`` grids, write the report.
+
+    The folder's lock is held until the report is written. A folder holding another run (an
+    ``sglrp evaluate`` folder, other settings) is refused; ``restart`` moves that run's files
+    to ``out/previous-<time>/`` (:mod:`sglrp.app.store`).
 
     Returns the path of ``index.html`` on rank 0 of a torchrun job (or a single process),
     None on the other ranks.
@@ -66,8 +73,21 @@ def reproduce(
         if root:
             (log or (lambda s: print(s, file=sys.stderr, flush=True)))(text)
 
+    with run_lock(out) if root else nullcontext():
+        return _reproduce(cfg, out, grid_images, start, say, progress, restart)
+
+
+def _reproduce(
+    cfg: EvalConfig,
+    out: Path,
+    grid_images: int,
+    start: float,
+    say: Callable[[str], None],
+    progress: bool,
+    restart: bool,
+) -> Path | None:
     say(f"[1/3] evaluating {len(cfg.methods)} methods with {len(cfg.metrics)} metrics -> {out}")
-    data = runner.run(cfg, out, progress=progress, log=say, restart_on_change=True)
+    data = runner.run(cfg, out, progress=progress, log=say, restart=restart, kind="reproduce")
     if data is None:  # another rank of a torchrun job: rank 0 writes the report
         return None
     say("[2/3] drawing comparison grids")

@@ -19,12 +19,15 @@ pointing game and relevance mass instead of being left out, so every method is a
 the same units; ``metrics.json`` counts such maps per method (``empty_maps``).
 
 Streaming and resuming: each process appends one JSON line per finished batch to
-``OUT/parts/rank<r>.jsonl`` (flushed and synced), so an interrupted run started again with
-the same settings skips every batch already on disk. At the end rank 0 merges everything into
-``OUT/results.jsonl`` and writes ``metrics.json`` (aggregates with 95 % intervals, direction,
-best method), ``metrics.csv`` and the curve plots. Under ``torchrun`` the batches are shared
-round-robin between the ranks (:mod:`sglrp.app.distributed`); the result equals the
-single-process one because every batch is formed exactly as in a single process.
+``OUT/parts/rank<r>.jsonl`` (synced; each line carries the run's identity hash), so an
+interrupted run started again with the same settings skips every batch already on disk. The
+folder holds one run only (:mod:`~sglrp.app.store`: ``run.json`` written first, a lock,
+another run's results refused or moved aside with ``--restart``, never deleted). At the end
+rank 0 merges everything into ``OUT/results.jsonl`` and writes ``metrics.json`` (aggregates
+with 95 % intervals, direction, best method), ``metrics.csv`` and the curve plots. Under
+``torchrun`` the batches are shared round-robin between the ranks
+(:mod:`sglrp.app.distributed`); the result equals the single-process one because every
+batch is formed exactly as in a single process.
 
 The parts: :mod:`~sglrp.app.config` (settings, measures), :mod:`~sglrp.app.sources` (images),
 :mod:`~sglrp.app.batch` (maps and metrics of one batch), :mod:`~sglrp.app.store` (the run
@@ -37,6 +40,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +53,15 @@ from .batch import compute_batch
 from .config import EvalConfig, resolve_methods, resolve_metrics
 from .plots import write_plots
 from .sources import batches, load_run_model, open_data
-from .store import append_record, check_run, clear_state, read_records, rewrite_valid, write_results
+from .store import (
+    RunDirError,
+    append_record,
+    open_part,
+    prepare,
+    read_records,
+    run_lock,
+    write_results,
+)
 from .summary import metrics_document, write_csv
 
 __all__ = ["load_model", "run", "write_outputs"]
@@ -66,13 +78,15 @@ def run(
     *,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
-    restart_on_change: bool = False,
+    restart: bool = False,
+    kind: str = "evaluate",
 ) -> dict[str, Any] | None:
-    """Evaluate, resuming from ``out`` when it holds finished batches of the same settings.
+    """Evaluate, resuming from ``out`` when it holds finished batches of the same run.
 
-    Under ``torchrun`` each rank computes its share of the batches and rank 0 merges.
-    Results of different settings in ``out`` are an error, or are discarded with
-    ``restart_on_change``.
+    Under ``torchrun`` each rank computes its share of the batches and rank 0 merges. Rank 0
+    holds the folder's lock for the whole run and checks the folder
+    (:func:`sglrp.app.store.prepare`): another run's results there are an error, or are moved
+    to ``out/previous-<time>/`` with ``restart``. ``kind`` names the command in ``run.json``.
 
     Returns
     -------
@@ -85,29 +99,34 @@ def run(
     methods = resolve_methods(cfg.methods)
     metrics = resolve_metrics(cfg.metrics)
     out = Path(out)
-    with distributed.setup(cfg.device) as info:
+    with distributed.setup(cfg.device) as info, ExitStack() as held:
         say = (log or (lambda s: print(s, file=sys.stderr))) if info.is_root else (lambda s: None)
         bundle = load_model(cfg)
         bundle.model.to(info.device)
         source = open_data(cfg.data, cfg.n, cfg.seed, bundle)
         plan = batches(len(source), cfg.batch_size)
         identity = {**cfg.identity(), "weights": bundle.weights}
-        changed = check_run(out, identity, restart_on_change)
-        distributed.barrier(info)
+        outcome: tuple[str, str] | None = None
         if info.is_root:
-            if changed:
-                say(f"{out} holds results of other settings; starting afresh")
-                clear_state(out)
-            write_json(out / "run.json", {"settings": identity})
-        distributed.barrier(info)
-        known = read_records(out)
+            try:
+                held.enter_context(run_lock(out))
+                outcome = ("run", prepare(out, identity, kind, restart=restart, say=say))
+            except RunDirError as err:
+                outcome = ("error", str(err))
+        outcome = distributed.broadcast_from_root(outcome, info)
+        if outcome[0] == "error":
+            err = RunDirError(outcome[1])
+            err.reported_by_root = not info.is_root  # type: ignore[attr-defined]
+            raise err
+        rid = outcome[1]
+        known = read_records(out, rid)
         reused = len(known)
         for b, rec in known.items():
             expected = [source.ids[i] for i in plan[b]] if b < len(plan) else None
             if rec.get("images") != expected:
-                raise ValueError(
+                raise RunDirError(
                     f"{out} holds results for other images (batch {b}); "
-                    "pass a new --out folder or delete the old one"
+                    "pass --restart to move them aside, or another --out"
                 )
         distributed.barrier(info)
         mine = distributed.shard(list(range(len(plan))), info)
@@ -115,10 +134,8 @@ def run(
         if known:
             say(f"resuming: {len(known)} of {len(plan)} batches already done in {out}")
         part = out / "parts" / f"rank{info.rank}.jsonl"
-        part.parent.mkdir(parents=True, exist_ok=True)
-        rewrite_valid(part)
         with (
-            open(part, "a", encoding="utf-8") as handle,
+            open_part(part) as fd,
             tqdm(
                 total=len(todo),
                 desc=f"evaluating {len(methods)} methods",
@@ -128,8 +145,11 @@ def run(
             ) as bar,
         ):
             for b in todo:
-                rec = compute_batch(bundle, source, plan[b], cfg, methods, metrics, b, info.device)
-                append_record(handle, rec)
+                computed = compute_batch(
+                    bundle, source, plan[b], cfg, methods, metrics, b, info.device
+                )
+                rec = {"run": rid, **computed}
+                append_record(fd, part, rec)
                 known[b] = rec
                 bar.update(1)
         gathered = distributed.gather_to_root([known[b] for b in mine], info)

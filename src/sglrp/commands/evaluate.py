@@ -48,6 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "all); under torchrun spell it --num-images (torchrun mistakes --n for its own options)",
     )
     p.add_argument("--steps", type=int, default=16, help="deletion/insertion steps (default 16)")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="start afresh: move the run already in OUT (results, metrics, plots) to "
+        "OUT/previous-<time>/ (nothing is deleted)",
+    )
     p.set_defaults(func=main)
 
 
@@ -69,7 +75,7 @@ def main(args: argparse.Namespace) -> int:
         steps=args.steps,
         device=args.device,
     )
-    result = run(cfg, args.out, progress=not args.no_progress)
+    result = run(cfg, args.out, progress=not args.no_progress, restart=args.restart)
     if result is not None:
         print(f"metrics: {Path(args.out) / 'metrics.json'}", file=sys.stdout)
     return 0

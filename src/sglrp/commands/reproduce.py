@@ -41,6 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="images per built-in split (overrides the default / --quick size)",
     )
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="start afresh: move the run already in OUT (results, metrics, plots) to "
+        "OUT/previous-<time>/ (nothing is deleted)",
+    )
     p.set_defaults(func=main)
 
 
@@ -68,10 +74,21 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError("--weights and --labels apply to one model: pass --model NAME with them")
     if len(models) == 1:
         cfg = replace(cfg, model=models[0])
-        report = reproduce(cfg, args.out, preset["grid_images"], progress=not args.no_progress)
+        report = reproduce(
+            cfg,
+            args.out,
+            preset["grid_images"],
+            progress=not args.no_progress,
+            restart=args.restart,
+        )
     else:
         report = reproduce_models(
-            cfg, models, args.out, preset["grid_images"], progress=not args.no_progress
+            cfg,
+            models,
+            args.out,
+            preset["grid_images"],
+            progress=not args.no_progress,
+            restart=args.restart,
         )
     if report is not None:
         print(f"report: {report.resolve()}")
