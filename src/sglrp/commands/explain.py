@@ -42,7 +42,7 @@ from sglrp.models.zoo import head_name
 
 DEFAULT_METHODS: tuple[str, ...] = ("sglrp", "clrp", "lrp", "guided_gradcam", "relevance_cam")
 #: Shipped pretrained models (weights in ``sglrp/weights``).
-SHIPPED: tuple[str, ...] = ("shapes_vgg", "shapes_resnet")
+SHIPPED: tuple[str, ...] = ("shapes_vgg", "shapes_vgg_gap", "shapes_resnet")
 #: Where the shipped weights (``<name>.pt``) and metadata (``<name>.json``) live.
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 _TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".jit", ".torchscript", ".ptl")
@@ -70,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="MODEL",
         help=(
             "a zoo name with --weights (e.g. resnet18), a shipped model (shapes_vgg, "
-            "shapes_resnet), a TorchScript file (model.pt), or module:factory"
+            "shapes_vgg_gap, shapes_resnet), a TorchScript file (model.pt), or module:factory"
         ),
     )
     p.add_argument(

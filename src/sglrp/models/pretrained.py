@@ -26,13 +26,14 @@ from PIL import Image
 from torch import nn
 
 from .checksum import verify_sha256
-from .small import shapes_resnet, shapes_vgg
+from .small import shapes_resnet, shapes_vgg, shapes_vgg_gap
 from .zoo import state_dict_from_bytes
 
 __all__ = ["PretrainedModel", "available_pretrained", "pretrained"]
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "shapes_vgg": shapes_vgg,
+    "shapes_vgg_gap": shapes_vgg_gap,
     "shapes_resnet": shapes_resnet,
 }
 
@@ -136,7 +137,8 @@ def pretrained(name: str, *, root: str | os.PathLike | None = None) -> Pretraine
     Parameters
     ----------
     name
-        One of :func:`available_pretrained` (``"shapes_vgg"``, ``"shapes_resnet"``).
+        One of :func:`available_pretrained` (``"shapes_vgg"``, ``"shapes_vgg_gap"``,
+        ``"shapes_resnet"``).
     root
         Folder holding ``NAME.json`` and ``NAME.pt`` (e.g. the output of ``sglrp train``);
         ``None`` uses the weights shipped in the package.
