@@ -78,8 +78,8 @@ DEFAULTS: dict[str, Any] = {
 
 RECIPES: dict[str, dict[str, Any]] = {
     "shapes_vgg": {
-        "epochs": 12,
-        "steps_per_epoch": 200,
+        "epochs": 4,
+        "steps_per_epoch": 100,
         "model_kwargs": {"batch_norm": True, "pool": 4},
         "init": {
             "model": "shapes_vgg_gap",
