@@ -23,7 +23,7 @@ from sglrp.data import CLASSES, generate
 from sglrp.io import write_text
 from sglrp.models import available_pretrained, pretrained
 
-NAMES = ("shapes_vgg", "shapes_resnet")
+NAMES = ("shapes_vgg", "shapes_vgg_gap", "shapes_resnet")
 
 
 @torch.no_grad()

@@ -427,7 +427,10 @@ def train(
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if not isinstance(head_epochs, int) or not 0 <= head_epochs < epochs:
-        raise ValueError(f"head_epochs must be an int in [0, epochs), got {head_epochs!r}")
+        raise ValueError(
+            f"head_epochs must be an int in [0, epochs) = [0, {epochs}), got {head_epochs!r}; "
+            "pass head_epochs (--head-epochs) below the number of epochs"
+        )
     if head_epochs and init is None:
         raise ValueError("head_epochs freezes the warm-started modules; it needs init")
     if not init_lr_scale > 0:
