@@ -68,10 +68,15 @@ def test_lrp0_equals_the_detached_reference(name: str) -> None:
         result = propagate(model, x, "predicted", output, "lrp0")
         vector = OUTPUT_RELEVANCE[output](result.logits, result.targets)
         expected = reference_relevance(model, x, vector)
-        scale = expected.abs().max()
-        torch.testing.assert_close(
-            result.input_relevance, expected, rtol=1e-9, atol=1e-9 * scale, msg=output
-        )
+        # CLRP and SGLRP maps are differences of per-class maps that nearly cancel where the
+        # classes' relevance has collapsed (random deep nets); float64 rounding of the parts,
+        # whose summation order varies with the threads' scheduling, then shows at 1e-9 of the
+        # difference. The tolerance is 1e-9 of the parts: the map of |output relevance|.
+        parts = reference_relevance(model, x, vector.abs()).abs().max()
+        scale = torch.maximum(expected.abs().max(), parts)
+        difference = (result.input_relevance - expected).abs().max()
+        deviation = float(difference / scale if scale > 0 else difference)
+        assert deviation <= 1e-9, f"{output}: max deviation {deviation:.3g} of the parts' scale"
 
 
 @pytest.mark.parametrize("name", CNNS)
