@@ -23,7 +23,7 @@ from sglrp.atomic import write_text
 from sglrp.data import CLASSES, generate
 from sglrp.models import available_pretrained, pretrained
 
-NAMES = ("shapes_vgg", "shapes_resnet", "shapes_vit")
+NAMES = ("shapes_vgg", "shapes_vgg_gap", "shapes_resnet", "shapes_vit")
 
 
 @torch.no_grad()

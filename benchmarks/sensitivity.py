@@ -1,7 +1,9 @@
 """Class-sensitivity diagnostics of the shipped shape models -> printed tables + JSON.
 
-For ``shapes_vgg`` and ``shapes_resnet`` with the paper's rules (``"dtd"``: z+ everywhere,
-Z^B at the first layer with the per-channel bounds of the models' normalisation):
+For ``shapes_vgg`` (VGG16's flattened head), ``shapes_vgg_gap`` (the same convolutions,
+global average pooling before the three FC layers) and ``shapes_resnet``, with the paper's
+rules (``"dtd"``: z+ everywhere, Z^B at the first layer with the per-channel bounds of the
+models' normalisation):
 
 * class-collapse curve (:func:`sglrp.metrics.class_collapse`) on ``--n`` two-object images,
   per conv/linear layer from the output to the input;
@@ -29,7 +31,7 @@ from sglrp.data import generate, mosaic
 from sglrp.metrics import class_collapse, focus, random_logit, randomisation_test, swap_test
 from sglrp.models import pretrained
 
-MODELS = ("shapes_vgg", "shapes_resnet")
+MODELS = ("shapes_vgg", "shapes_vgg_gap", "shapes_resnet")
 METHODS = ("sglrp", "clrp", "lrp")
 
 

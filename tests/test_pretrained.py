@@ -13,10 +13,10 @@ from PIL import Image
 from sglrp.data import CLASSES, generate, to_tensor
 from sglrp.models import PretrainedModel, available_pretrained, pretrained
 
-NAMES = ("shapes_vgg", "shapes_resnet")
+NAMES = ("shapes_vgg", "shapes_vgg_gap", "shapes_resnet")
 PENDING = ("shapes_vit",)  # recipe in sglrp.train.RECIPES; checked here once its weights ship
 SHIPPED = NAMES + tuple(name for name in PENDING if name in available_pretrained())
-TOP2_FLOOR = {"shapes_vgg": 0.80, "shapes_resnet": 0.80, "shapes_vit": 0.75}
+TOP2_FLOOR = {"shapes_vgg": 0.80, "shapes_vgg_gap": 0.80, "shapes_resnet": 0.80, "shapes_vit": 0.75}
 WEIGHTS = resources.files("sglrp").joinpath("weights")
 HELD_OUT_SEED = 777  # differs from the training and validation streams
 
@@ -52,6 +52,31 @@ def test_loaded_model(loaded):
     assert len(loaded.mean) == 3 and len(loaded.std) == 3
     assert all(p.dtype == torch.float32 for p in loaded.model.parameters())
     assert loaded.metadata["sha256"]
+
+
+def test_vgg_heads():
+    """shapes_vgg flattens its final 128 x 4 x 4 map into the classifier (VGG16's head);
+    shapes_vgg_gap averages it over the positions first."""
+    x = torch.zeros(1, 3, 64, 64)
+    for name, side in (("shapes_vgg", 4), ("shapes_vgg_gap", 1)):
+        model = pretrained(name).model
+        fmap = model.features(x)
+        assert fmap.shape == (1, 128, 4, 4)
+        assert model.avgpool(fmap).shape == (1, 128, side, side)
+        assert model.classifier[0].in_features == 128 * side * side
+    flat = pretrained("shapes_vgg").model
+    fmap = torch.randn(1, 128, 4, 4)
+    assert torch.equal(flat.avgpool(fmap), fmap)  # 4x4 -> 4x4: the identity, as VGG16's 7x7
+
+
+def test_vgg_warm_start_recorded():
+    """shapes_vgg's features started from the shipped shapes_vgg_gap file (its checksum)."""
+    from sglrp.train import RECIPES
+
+    init = pretrained("shapes_vgg").metadata["training"]["init"]
+    gap = pretrained("shapes_vgg_gap").metadata
+    assert init == {"model": "shapes_vgg_gap", "sha256": gap["sha256"], "modules": ["features"]}
+    assert RECIPES["shapes_vgg"]["init"]["sha256"] == gap["sha256"]
 
 
 def test_weights_small():

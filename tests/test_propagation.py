@@ -21,6 +21,7 @@ ARCHS = {
     "densenet121": lambda: models.densenet121(num_classes=10),
     "inception_small": lambda: models.inception_small(num_classes=10),
     "shapes_vgg": lambda: models.shapes_vgg(num_classes=10),
+    "shapes_vgg_gap": lambda: models.shapes_vgg_gap(num_classes=10),
     "shapes_resnet": lambda: models.shapes_resnet(num_classes=10),
 }
 

@@ -12,6 +12,12 @@ Each batch mixes single-object ``train`` images (one-hot targets) with 2-3 objec
 ``train_multi`` images (target ``1/k`` on each present class), see ``multi_fraction``.
 Validation uses held-out images: the ``single`` split and 2-object ``multi`` images, whose
 random streams differ from the ``train`` split's.
+
+A recipe may warm-start modules from a shipped model (``init``, checksum-verified): e.g. the
+convolutional ``features`` of ``shapes_vgg`` start from those of ``shapes_vgg_gap``. The first
+``head_epochs`` epochs then train only the other modules (the warm-started ones frozen, in
+eval mode), after which everything trains, the warm-started modules at ``init_lr_scale``
+times the learning rate.
 """
 
 from __future__ import annotations
@@ -35,28 +41,19 @@ from tqdm import tqdm
 
 from .atomic import atomic_open, atomic_path, write_json
 from .data import CLASSES, MEAN, STD, generate, to_tensor
-from .models.small import shapes_resnet, shapes_vgg
-from .models.vit import SHAPES_VIT, shapes_vit
+from .models.pretrained import pretrained
 
-__all__ = ["MODELS", "RECIPES", "evaluate_accuracy", "resolve_recipe", "sha256_file", "train"]
+__all__ = [
+    "DEFAULTS",
+    "MODELS",
+    "RECIPES",
+    "evaluate_accuracy",
+    "resolve_recipe",
+    "sha256_file",
+    "train",
+]
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "shapes_vgg": shapes_vgg,
-    "shapes_resnet": shapes_resnet,
-    "shapes_vit": shapes_vit,
-}
-"""Model builders that :func:`train` accepts, by name."""
-
-RECIPES: dict[str, dict[str, Any]] = {
-    "shapes_vgg": {"epochs": 12, "steps_per_epoch": 200, "model_kwargs": {"batch_norm": True}},
-    "shapes_resnet": {"epochs": 12, "steps_per_epoch": 175, "model_kwargs": {}},
-    "shapes_vit": {"epochs": 10, "steps_per_epoch": 100, "model_kwargs": dict(SHAPES_VIT)},
-}
-"""Training length and architecture options of the shipped weights per model, used as
-:func:`train`'s defaults: ``sglrp train --model NAME --out NAME.pt`` rebuilds the shipped
-``NAME.pt`` (bit-identical with torch 2.13 on 2 threads; 12 and 9 minutes on 2 CPU cores).
-The options are written into the metadata, from which :func:`sglrp.models.pretrained` builds
-the model, so the shipped weights do not depend on a builder's defaults."""
+from .recipes import DEFAULTS, MODELS, RECIPES, resolve_recipe  # noqa: F401 - public here too
 
 VALIDATION_SEED_OFFSET = 1000
 """Validation images use ``seed + VALIDATION_SEED_OFFSET`` (and held-out splits)."""
@@ -74,19 +71,49 @@ _LOG_FIELDS = (
 )
 
 
-def resolve_recipe(
-    model_name: str,
-    epochs: int | None = None,
-    steps_per_epoch: int | None = None,
-    model_kwargs: dict[str, Any] | None = None,
-) -> tuple[int, int, dict[str, Any]]:
-    """Epochs, steps per epoch and model options: the given ones over :data:`RECIPES`."""
-    recipe = RECIPES.get(model_name, {})
-    return (
-        recipe.get("epochs", 10) if epochs is None else epochs,
-        recipe.get("steps_per_epoch", 200) if steps_per_epoch is None else steps_per_epoch,
-        {**recipe.get("model_kwargs", {}), **(model_kwargs or {})},
-    )
+def _warm_start(model: nn.Module, init: str | dict[str, Any]) -> dict[str, Any]:
+    """Copy the ``init["modules"]`` parameters and buffers of a shipped model into ``model``.
+
+    ``init`` is a shipped model's name (its ``features`` are copied) or a dict with
+    ``"model"``, ``"modules"`` and optionally ``"sha256"`` (the weights file's expected
+    checksum). The shipped file is verified against its JSON by
+    :func:`sglrp.models.pretrained`, and against ``"sha256"`` when given.
+
+    Returns
+    -------
+    dict
+        ``model``, ``sha256`` and ``modules`` of the source, for the metadata.
+    """
+    spec = {"model": init, "modules": ["features"]} if isinstance(init, str) else dict(init)
+    source = pretrained(spec["model"])
+    digest = source.metadata["sha256"]
+    expected = spec.get("sha256")
+    if expected is not None and digest != expected:
+        raise ValueError(
+            f"init model {spec['model']!r} has weights sha256 {digest[:12]}..., the recipe "
+            f"expects {expected[:12]}...; install the matching weights or pass --init none"
+        )
+    modules = list(spec["modules"])
+    target = model.state_dict()
+    keys = [k for k in target if k.split(".")[0] in modules]
+    state = source.model.state_dict()
+    problems = [k for k in keys if k not in state or state[k].shape != target[k].shape]
+    if not keys or problems:
+        raise ValueError(
+            f"init model {spec['model']!r} does not fit modules {modules} of the trained model "
+            f"({'no such modules' if not keys else 'differs at ' + ', '.join(problems[:3])})"
+        )
+    model.load_state_dict({k: state[k] for k in keys}, strict=False)
+    return {"model": spec["model"], "sha256": digest, "modules": modules}
+
+
+def _freeze(model: nn.Module, modules: list[str], frozen: bool) -> None:
+    """(Un)freeze ``modules``: no gradients and eval mode (batch norm keeps its statistics)."""
+    for name in modules:
+        module = model.get_submodule(name)
+        module.requires_grad_(not frozen)
+        if frozen:
+            module.eval()
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -228,33 +255,37 @@ def train(
     *,
     epochs: int | None = None,
     steps_per_epoch: int | None = None,
-    batch_size: int = 128,
-    lr: float = 2e-3,
-    weight_decay: float = 5e-4,
-    warmup: float = 0.15,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    weight_decay: float | None = None,
+    warmup: float | None = None,
     seed: int = 0,
     size: int = 64,
     threads: int | None = 2,
     workers: int = 1,
     val_single: int = 600,
     val_multi: int = 300,
-    multi_fraction: float = 0.6,
+    multi_fraction: float | None = None,
     half: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
     model_kwargs: dict[str, Any] | None = None,
+    init: str | dict[str, Any] | None = None,
+    head_epochs: int | None = None,
+    init_lr_scale: float | None = None,
 ) -> dict[str, Any]:
     """Train ``model_name`` on generated ``train`` images and write weights, metadata and log.
 
     Parameters
     ----------
     model_name
-        A key of :data:`MODELS` (``"shapes_vgg"`` or ``"shapes_resnet"``).
+        A key of :data:`MODELS` (``"shapes_vgg"``, ``"shapes_vgg_gap"``, ``"shapes_resnet"``).
     out_path
         Weights file to write (``.pt``); the ``.json`` metadata and ``.csv`` log go beside it.
     epochs, steps_per_epoch, batch_size
         Training length; every step draws ``batch_size`` new images (no image repeats).
-        ``None``: the shipped weights' :data:`RECIPES` (else 10 epochs of 200 steps).
+        Every setting left ``None`` is the shipped weights' (:data:`RECIPES`, else
+        :data:`DEFAULTS`: 10 epochs of 200 steps of 128 images).
     lr, weight_decay
         AdamW peak learning rate (one-cycle schedule) and weight decay.
     warmup
@@ -281,6 +312,13 @@ def train(
         Called with one line per epoch (``None``: silent).
     model_kwargs
         Keyword arguments for the model builder, over the recipe's (:data:`RECIPES`).
+    init
+        Warm start: a shipped model's name (its ``features`` are copied), a dict
+        ``{"model", "modules", "sha256"}`` (see :func:`_warm_start`), or ``"none"``.
+    head_epochs
+        With ``init``: epochs at the start in which the warm-started modules are frozen.
+    init_lr_scale
+        With ``init``: their peak learning rate is ``init_lr_scale * lr``.
 
     Returns
     -------
@@ -289,12 +327,37 @@ def train(
     """
     if model_name not in MODELS:
         raise ValueError(f"unknown model {model_name!r}; choose one of {', '.join(MODELS)}")
-    epochs, steps_per_epoch, model_kwargs = resolve_recipe(
-        model_name, epochs, steps_per_epoch, model_kwargs
+    recipe = resolve_recipe(
+        model_name,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup=warmup,
+        multi_fraction=multi_fraction,
+        model_kwargs=model_kwargs,
+        init=init,
+        head_epochs=head_epochs,
+        init_lr_scale=init_lr_scale,
     )
+    epochs, steps_per_epoch = recipe["epochs"], recipe["steps_per_epoch"]
+    batch_size, lr, weight_decay = recipe["batch_size"], recipe["lr"], recipe["weight_decay"]
+    warmup, multi_fraction = recipe["warmup"], recipe["multi_fraction"]
+    model_kwargs, init = recipe["model_kwargs"], recipe["init"]
+    head_epochs, init_lr_scale = recipe["head_epochs"], recipe["init_lr_scale"]
     for name, value in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not isinstance(head_epochs, int) or not 0 <= head_epochs < epochs:
+        raise ValueError(
+            f"head_epochs must be an int in [0, epochs) = [0, {epochs}), got {head_epochs!r}; "
+            "pass head_epochs (--head-epochs) below the number of epochs"
+        )
+    if head_epochs and init is None:
+        raise ValueError("head_epochs freezes the warm-started modules; it needs init")
+    if not init_lr_scale > 0:
+        raise ValueError(f"init_lr_scale must be positive, got {init_lr_scale!r}")
     if not isinstance(batch_size, int) or batch_size < 2:
         raise ValueError(f"batch_size must be an int >= 2, got {batch_size!r}")
     if not 0.0 <= multi_fraction < 1.0:
@@ -318,11 +381,25 @@ def train(
     try:
         torch.manual_seed(seed)
         model = MODELS[model_name](num_classes=len(CLASSES), **(model_kwargs or {}))
+        warm = _warm_start(model, init) if init is not None else None
         model = model.to(memory_format=torch.channels_last)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        if warm is None:
+            groups: list[dict[str, Any]] = [{"params": list(model.parameters()), "lr": lr}]
+        else:
+            inside = {id(p) for m in warm["modules"] for p in model.get_submodule(m).parameters()}
+            groups = [
+                {"params": [p for p in model.parameters() if id(p) in inside]},
+                {"params": [p for p in model.parameters() if id(p) not in inside]},
+            ]
+            groups[0]["lr"], groups[1]["lr"] = lr * init_lr_scale, lr
+        optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
         total = epochs * steps_per_epoch
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=lr, total_steps=total, pct_start=warmup, div_factor=20.0
+            optimizer,
+            max_lr=[g["lr"] for g in groups],
+            total_steps=total,
+            pct_start=warmup,
+            div_factor=20.0,
         )
         vseed = seed + VALIDATION_SEED_OFFSET
         v_single = generate("single", val_single, vseed, size) if val_single else []
@@ -341,6 +418,9 @@ def train(
             "threads": threads,
             "workers": workers,
             "model_kwargs": model_kwargs or {},
+            "init": warm,
+            "head_epochs": head_epochs,
+            "init_lr_scale": init_lr_scale,
             "data": f"per step {n_single} new 'train' and {n_multi} new 'train_multi' images "
             f"(seed {seed}); validation: 'single' and 2-object 'multi' images (seed {vseed})",
         }
@@ -350,6 +430,8 @@ def train(
         meta: dict[str, Any] = {}
         for epoch in range(1, epochs + 1):
             model.train()
+            if warm is not None:
+                _freeze(model, warm["modules"], frozen=epoch <= head_epochs)
             loss_sum, hits, seen = 0.0, 0, 0
             stream = _BatchStream(seed, size, n_single, n_multi, step, steps_per_epoch)
             loader = DataLoader(
@@ -392,7 +474,7 @@ def train(
                 "train_acc": round(hits / seen, 5),
                 "val_single_acc": _rounded(scores.get("single_top1")),
                 "val_multi_top2": _rounded(scores.get("multi_topk")),
-                "lr": float(f"{scheduler.get_last_lr()[0]:.3g}"),
+                "lr": float(f"{scheduler.get_last_lr()[-1]:.3g}"),
                 "seconds": round(time.perf_counter() - start_time, 1),
             }
             history.append(entry)

@@ -15,7 +15,11 @@ def _run(args: argparse.Namespace) -> int:
         steps_per_epoch=args.steps_per_epoch,
         batch_size=args.batch_size,
         lr=args.lr,
+        weight_decay=args.weight_decay,
         warmup=args.warmup,
+        init=args.init,
+        head_epochs=args.head_epochs,
+        init_lr_scale=args.init_lr_scale,
         seed=args.seed,
         threads=args.threads,
         workers=args.workers,
@@ -41,7 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train a shape model (weights, .json metadata and .csv log)",
         description="Train a model on generated shape images; every step sees new images. "
-        "Writes OUT (weights), OUT.json (metadata with sha256) and OUT.csv (per-epoch log).",
+        "Writes OUT (weights), OUT.json (metadata with sha256) and OUT.csv (per-epoch log). "
+        "Every setting not given is the shipped model's (its recipe), so `sglrp train --model "
+        "NAME --out NAME.pt` rebuilds the shipped NAME.pt.",
     )
     parser.add_argument(
         "--model", required=True, choices=sorted(training.MODELS), help="architecture"
@@ -49,32 +55,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="weights file to write (.pt)")
 
     def shipped(key: str) -> str:
-        return ", ".join(f"{r[key]} for {name}" for name, r in sorted(training.RECIPES.items()))
+        values = (
+            f"{training.resolve_recipe(name)[key]} for {name}" for name in sorted(training.MODELS)
+        )
+        return f"default as shipped: {', '.join(values)}"
 
-    parser.add_argument(
-        "--epochs", type=int, default=None, help=f"epochs (default as shipped: {shipped('epochs')})"
+    for flag, kind, what in (
+        ("--epochs", int, "epochs"),
+        ("--steps-per-epoch", int, "steps per epoch"),
+        ("--batch-size", int, "images per step"),
+        ("--lr", float, "peak learning rate"),
+        ("--weight-decay", float, "AdamW weight decay"),
+        ("--warmup", float, "fraction of steps warming up"),
+        ("--multi-fraction", float, "fraction of each batch drawn from multi-object images"),
+        ("--head-epochs", int, "first epochs training only the layers not warm-started"),
+        ("--init-lr-scale", float, "learning rate of the warm-started layers / --lr"),
+    ):
+        key = flag[2:].replace("-", "_")
+        parser.add_argument(flag, type=kind, default=None, help=f"{what} ({shipped(key)})")
+    inits = (
+        f"{(training.resolve_recipe(name)['init'] or {}).get('model', 'none')} for {name}"
+        for name in sorted(training.MODELS)
     )
     parser.add_argument(
-        "--steps-per-epoch",
-        type=int,
+        "--init",
         default=None,
-        help=f"steps per epoch (default as shipped: {shipped('steps_per_epoch')})",
-    )
-    parser.add_argument("--batch-size", type=int, default=128, help="images per step")
-    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
-    parser.add_argument(
-        "--warmup", type=float, default=0.15, help="fraction of steps warming up (default 0.15)"
+        metavar="NAME",
+        help="warm-start the convolutional features from this shipped model's checksum-"
+        f"verified weights, or 'none' (default as shipped: {', '.join(inits)})",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument(
         "--workers", type=int, default=1, help="image-generating loader processes (default 1)"
-    )
-    parser.add_argument(
-        "--multi-fraction",
-        type=float,
-        default=0.6,
-        help="fraction of each batch drawn from multi-object images (default 0.6)",
     )
     parser.add_argument(
         "--val-single", type=int, default=600, help="held-out single images per evaluation"

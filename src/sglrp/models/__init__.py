@@ -10,7 +10,7 @@ from .pretrained import PretrainedModel, available_pretrained, pretrained
 from .regnet import RegNet, regnet_y_400mf
 from .resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet50
 from .shufflenet import ShuffleNetV2, shufflenet_v2_x1_0
-from .small import shapes_resnet, shapes_vgg
+from .small import shapes_resnet, shapes_vgg, shapes_vgg_gap
 from .vgg import VGG, vgg11, vgg16, vgg16_bn
 from .vit import VisionTransformer, shapes_vit, vit_b_16, vit_tiny
 from .zoo import ZOO, get_model
@@ -44,6 +44,7 @@ __all__ = [
     "resnet50",
     "shapes_resnet",
     "shapes_vgg",
+    "shapes_vgg_gap",
     "shapes_vit",
     "shufflenet_v2_x1_0",
     "vgg11",

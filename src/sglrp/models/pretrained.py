@@ -26,7 +26,7 @@ from PIL import Image
 from torch import nn
 
 from .checksum import verify_sha256
-from .small import shapes_resnet, shapes_vgg
+from .small import shapes_resnet, shapes_vgg, shapes_vgg_gap
 from .vit import shapes_vit
 from .zoo import state_dict_from_bytes
 
@@ -34,6 +34,7 @@ __all__ = ["PretrainedModel", "available_pretrained", "pretrained"]
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "shapes_vgg": shapes_vgg,
+    "shapes_vgg_gap": shapes_vgg_gap,
     "shapes_resnet": shapes_resnet,
     "shapes_vit": shapes_vit,
 }
@@ -138,8 +139,8 @@ def pretrained(name: str, *, root: str | os.PathLike | None = None) -> Pretraine
     Parameters
     ----------
     name
-        One of :func:`available_pretrained` (``"shapes_vgg"``, ``"shapes_resnet"``,
-        ``"shapes_vit"``).
+        One of :func:`available_pretrained` (``"shapes_vgg"``, ``"shapes_vgg_gap"``,
+        ``"shapes_resnet"``, ``"shapes_vit"``).
     root
         Folder holding ``NAME.json`` and ``NAME.pt`` (e.g. the output of ``sglrp train``);
         ``None`` uses the weights shipped in the package.

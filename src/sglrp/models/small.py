@@ -7,6 +7,9 @@ them unchanged:
 * :class:`SmallVGG`: ``features`` (3x3 conv [+ batch norm] + ``ReLU(inplace=True)`` blocks
   and 2x2 max pooling, laid out as torchvision's ``vgg*`` / ``vgg*_bn``), ``avgpool``,
   ``classifier`` (Linear, ReLU, Dropout, Linear, ReLU, Dropout, Linear).
+  :func:`shapes_vgg` has VGG16's head: the final 4x4 feature map of a 64x64 image is
+  flattened into the classifier (``avgpool`` to 4x4 is then the identity, as torchvision's
+  7x7 pooling is on 224x224 inputs). :func:`shapes_vgg_gap` pools it globally (1x1) first.
 * :class:`SmallResNet`: ``conv1``, ``bn1``, ``relu``, ``maxpool``, ``layer1`` ... ``layer4``
   of :class:`~sglrp.models.resnet.BasicBlock`, ``avgpool``, ``fc``.
 """
@@ -20,7 +23,7 @@ from torch import nn
 
 from .resnet import BasicBlock
 
-__all__ = ["SmallResNet", "SmallVGG", "shapes_resnet", "shapes_vgg"]
+__all__ = ["SmallResNet", "SmallVGG", "shapes_resnet", "shapes_vgg", "shapes_vgg_gap"]
 
 VGG_CFG: tuple[int | str, ...] = (16, 16, "M", 32, 32, "M", 64, 64, "M", 128, 128, "M")
 """Layer plan of :func:`shapes_vgg`: ints are 3x3 conv widths, ``"M"`` a 2x2 max-pool."""
@@ -50,9 +53,10 @@ class SmallVGG(nn.Module):
     cfg
         Layer plan (ints: 3x3 conv widths, ``"M"``: 2x2 max-pool).
     pool
-        Output side of the adaptive average pooling (1: global average pooling, which makes
-        the classifier translation invariant and trains faster on small data than
-        torchvision's 7x7).
+        Output side of the adaptive average pooling before the flatten; the classifier's
+        input has ``channels * pool**2`` features. 1: global average pooling (a translation
+        invariant head, the class evidence of all positions summed before the classifier);
+        the side of the final feature map (4 for 64x64 images): VGG16's flattened head.
     hidden
         Width of the two hidden fully connected layers.
     dropout
@@ -161,11 +165,26 @@ class SmallResNet(nn.Module):
 
 
 def shapes_vgg(num_classes: int = 12, **kwargs: object) -> SmallVGG:
-    """VGG-style model with batch norm for 64x64 shape images (about 0.4 M parameters).
+    """VGG16 in miniature for 64x64 shape images (about 0.92 M parameters).
 
-    ``batch_norm=False`` gives the plain variant (``vgg*`` instead of ``vgg*_bn`` layout).
+    Batch norm, and VGG16's head: the final 128 x 4 x 4 feature map is flattened into three
+    fully connected layers (``pool=4``; no global pooling). ``batch_norm=False`` gives the
+    plain variant (``vgg*`` instead of ``vgg*_bn`` layout).
     """
     kwargs.setdefault("batch_norm", True)
+    kwargs.setdefault("pool", 4)
+    return SmallVGG(num_classes=num_classes, **kwargs)
+
+
+def shapes_vgg_gap(num_classes: int = 12, **kwargs: object) -> SmallVGG:
+    """:func:`shapes_vgg` with global average pooling before the classifier (``pool=1``).
+
+    About 0.4 M parameters; the classifier sees only the channel means of the final feature
+    map, so class information is summed over positions before relevance reaches the
+    convolutions.
+    """
+    kwargs.setdefault("batch_norm", True)
+    kwargs.setdefault("pool", 1)
     return SmallVGG(num_classes=num_classes, **kwargs)
 
 

@@ -51,7 +51,7 @@ ZOO: dict[str, Callable[..., nn.Module]] = {
     "shapes_vit": shapes_vit,
 }
 # Small models for the synthetic "shapes" data set live in .small; skip them while unwritten.
-for _name in ("shapes_vgg", "shapes_resnet"):
+for _name in ("shapes_vgg", "shapes_vgg_gap", "shapes_resnet"):
     _factory = getattr(_small, _name, None)
     if callable(_factory):
         ZOO[_name] = _factory
