@@ -17,6 +17,10 @@ from sglrp.models import ZOO
 from sglrp.propagation import propagate
 from sglrp.propagation.output import OUTPUT_RELEVANCE
 
+# One intra-op thread: the float64 comparisons at 1e-9 then see one summation order; full
+# suite runs on a loaded machine failed them at random (regnet_y_400mf, mobilenet_v3_small).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CNNS = [name for name in ZOO if "vit" not in name]
 SIZE = {"vgg11": 32, "vgg16": 32, "vgg16_bn": 32, "resnet18": 32, "resnet50": 32}
 
