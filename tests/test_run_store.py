@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -422,6 +423,13 @@ def test_interrupt_while_importing_is_one_line():
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        # as from a terminal: SIGINT not ignored (an earlier test may leave it ignored in this
+        # process, and the launcher rightly keeps an inherited "ignore")
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert (proc.returncode, proc.stderr) == (130, "sglrp: interrupted\n")
