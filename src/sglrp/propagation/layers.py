@@ -9,16 +9,17 @@ that a rule sees one affine layer.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
+from functools import cache
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..rules import keep
+from ..rules import ParamMod, keep, negative, positive
 
 LINEAR_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -30,6 +31,28 @@ CHUNK_ELEMENTS = 1 << 20
 #: Modified weights up to this size are kept from the forward to the backward pass (and, in an
 #: :class:`sglrp.Explainer`, across calls); larger ones are rebuilt where they are used.
 CACHE_ELEMENTS = 1 << 22
+
+
+_INTO: dict[Callable, Callable[[Tensor, Tensor], Tensor]] = {
+    positive: lambda w, out: torch.clamp(w, min=0, out=out),
+    negative: lambda w, out: torch.clamp(w, max=0, out=out),
+}
+"""Modifiers that can write into a given buffer (a chunk loop reuses one buffer instead of
+allocating, and page-faulting, a fresh copy per chunk)."""
+
+
+@cache
+def stacked(parts: tuple[tuple[ParamMod, float], ...]) -> ParamMod:
+    r"""The modifier :math:`w \mapsto [c_1 m_1(w), \dots, c_T m_T(w)]` stacked along the
+    input dimension (dim 1), so that one input gradient of the stacked weight gives the T
+    terms :math:`c_t\, m_t(W)^T g` at once. The same ``parts`` give the same function object
+    (a stable key for :class:`WeightCache`)."""
+
+    def modifier(param: Tensor) -> Tensor:
+        return torch.cat([m(param) * c if c != 1.0 else m(param) for m, c in parts], dim=1)
+
+    modifier.__name__ = "stacked(" + ", ".join(f"{c:g}*{m.__name__}" for m, c in parts) + ")"
+    return modifier
 
 
 class WeightCache:
@@ -201,13 +224,21 @@ class LinearOp:
         step = max(1, CHUNK_ELEMENTS // self.weight[0].numel())
         return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
 
-    def param(self, modifier: Callable[[Tensor], Tensor], rows: slice | None = None) -> Tensor:
-        """``modifier(weight[rows])``, from the cache for weights small enough to keep."""
+    def param(
+        self,
+        modifier: Callable[[Tensor], Tensor],
+        rows: slice | None = None,
+        buffer: Tensor | None = None,
+    ) -> Tensor:
+        """``modifier(weight[rows])``, from the cache for weights small enough to keep, else
+        written into ``buffer`` (at least ``rows`` long) where the modifier can."""
         weight = self.weight if rows is None else self.weight[rows]
         if modifier is keep:
             return weight
         cache = self.cache
         if cache is None or self.weight.numel() > cache.max_elements:
+            if buffer is not None and modifier in _INTO:
+                return _INTO[modifier](weight, buffer[: weight.shape[0]])
             return modifier(weight)
         key = (tuple(id(t) for t in self.sources), modifier)
         versions = tuple(t._version for t in self.sources)
@@ -238,11 +269,17 @@ class LinearOp:
         if len(chunks) == 1:
             return F.linear(x, self.param(weight_mod), bias)
         out = x.new_empty(*x.shape[:-1], self.weight.shape[0])
+        buffer = self._chunk_buffer(chunks, weight_mod)
         for rows in chunks:
             out[..., rows] = F.linear(
-                x, self.param(weight_mod, rows), None if bias is None else bias[rows]
+                x, self.param(weight_mod, rows, buffer), None if bias is None else bias[rows]
             )
         return out
+
+    def _chunk_buffer(self, chunks: list[slice], modifier: Callable) -> Tensor | None:
+        if modifier not in _INTO:
+            return None
+        return self.weight.new_empty(chunks[0].stop - chunks[0].start, *self.weight.shape[1:])
 
     def input_grad(
         self, grad: Tensor, weight_mod: Callable[[Tensor], Tensor], input_shape: torch.Size
@@ -262,7 +299,34 @@ class LinearOp:
         if len(chunks) == 1:
             return grad.matmul(self.param(weight_mod))
         out = None
+        buffer = self._chunk_buffer(chunks, weight_mod)
         for rows in chunks:
-            part = grad[..., rows].matmul(self.param(weight_mod, rows))
+            part = grad[..., rows].matmul(self.param(weight_mod, rows, buffer))
             out = part if out is None else out.add_(part)
         return out
+
+    def input_grads(
+        self,
+        grad: Tensor,
+        parts: Sequence[tuple[Callable[[Tensor], Tensor], float]],
+        input_shape: torch.Size,
+    ) -> Tensor:
+        """:math:`c_t W_t^T g` for every ``(modifier_t, c_t)`` in ``parts``, from one input
+        gradient of the weights stacked along the input dimension (the output gradient is
+        read once).
+
+        Returns
+        -------
+        Tensor
+            Shape ``(N, G, T, C/G, *spatial)`` for a convolution with ``G`` groups and
+            ``(..., T, C)`` for a dense layer: term ``t`` is ``[:, :, t]`` / ``[..., t, :]``.
+        """
+        modifier = stacked(tuple(parts))
+        count = len(parts)
+        if self.ndim:
+            n, channels, *spatial = input_shape
+            out = self.input_grad(grad, modifier, torch.Size((n, count * channels, *spatial)))
+            return out.view(n, self.groups, count, channels // self.groups, *spatial)
+        *lead, features = input_shape
+        out = self.input_grad(grad, modifier, torch.Size((*lead, count * features)))
+        return out.view(*out.shape[:-1], count, features)

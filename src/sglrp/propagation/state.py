@@ -168,6 +168,26 @@ class RuleState:
             inverse = torch.where(d == 0, torch.zeros_like(d), d.reciprocal())
             self.ratios.append(self._select(inverse, group.select, value))
 
+    def _factor(self, branch: int, relevance_form: bool) -> Tensor | None:
+        """What a term's input gradient is multiplied by: the branch input (relevance form),
+        the input's sign mask (signed branches), or nothing."""
+        inputs = self.rule.branches[branch].inputs
+        if relevance_form:
+            return self.branch_input(branch, self.x)
+        if inputs.sign > 0 and not self.nonneg:
+            return self.x > 0
+        if inputs.sign < 0:
+            return self.x < 0
+        return None
+
+    def _grouped(self, factor: Tensor, part: Tensor) -> Tensor:
+        """``factor`` (input-shaped) viewed like ``part`` (a slice of a stacked gradient:
+        ``(N, G, C/G, ...)`` for convolutions)."""
+        if part.dim() == factor.dim():
+            return factor
+        groups = self.op.groups
+        return factor.view(factor.shape[0], groups, factor.shape[1] // groups, *factor.shape[2:])
+
     def backward(self, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
         """Map the output's relevance per activation to the input's.
 
@@ -179,27 +199,35 @@ class RuleState:
                 f"internal: the ratios of layer '{self.name}' were not computed before the "
                 "backward pass"
             )
-        scaled: dict[int, Tensor] = {}
-        total = None
         relevance_form = self.rule.relevance_form
         final = self.last_pass[0] and len(self.last_pass) == 1  # batched: keep ratios
+        by_group: dict[int, list] = {}
         for term in self.active_terms():
-            if term.group not in scaled:
-                ratio = self.ratios[term.group]
-                scaled[term.group] = ratio.mul_(grad) if final else grad * ratio
-            branch = self.rule.branches[term.branch]
-            part = self.op.input_grad(
-                scaled[term.group] * term.coef if term.coef != 1.0 else scaled[term.group],
-                branch.weight,
-                self.input_shape,
-            )
-            if relevance_form:
-                part = part * self.branch_input(term.branch, self.x)
-            elif branch.inputs.sign > 0 and not self.nonneg:
-                part = part * (self.x > 0)
-            elif branch.inputs.sign < 0:
-                part = part * (self.x < 0)
-            total = part if total is None else total.add_(part)
+            by_group.setdefault(term.group, []).append(term)
+        total = None
+        for group, terms in by_group.items():
+            ratio = self.ratios[group]
+            scaled = ratio.mul_(grad) if final else grad * ratio
+            if len(terms) == 1:
+                term = terms[0]
+                weight = self.rule.branches[term.branch].weight
+                g = scaled * term.coef if term.coef != 1.0 else scaled
+                parts = [(term, self.op.input_grad(g, weight, self.input_shape))]
+            else:
+                # one input gradient of the stacked weights for all terms of the group
+                stack = self.op.input_grads(
+                    scaled,
+                    [(self.rule.branches[t.branch].weight, t.coef) for t in terms],
+                    self.input_shape,
+                )
+                at = 2 if self.op.ndim else -2
+                parts = [(t, stack.select(at, i)) for i, t in enumerate(terms)]
+            for term, part in parts:
+                factor = self._factor(term.branch, relevance_form)
+                if factor is not None:
+                    part = part * self._grouped(factor, part)
+                part = part.reshape(self.input_shape)
+                total = part if total is None else total.add_(part)
         if final:
             self.ratios = []
         if relevance_form:

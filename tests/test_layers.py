@@ -1,0 +1,71 @@
+"""The layer maps' shortcuts against their plain forms: chunked dense layers writing modified
+weights into one reused buffer, and the stacked input gradient of several terms."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sglrp.propagation import layers
+from sglrp.propagation.layers import LinearOp, WeightCache, stacked
+from sglrp.rules import keep, negative, positive
+
+
+def _conv_op(groups: int) -> tuple[LinearOp, torch.Size]:
+    weight = torch.randn(8, 4 // groups, 3, 3, dtype=torch.float64)
+    op = LinearOp.conv(weight, None, 1, 1, 1, groups, "test")
+    return op, torch.Size((2, 4, 5, 5))
+
+
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_stacked_conv_input_gradient_is_each_term(groups: int) -> None:
+    torch.manual_seed(0)
+    op, shape = _conv_op(groups)
+    grad = torch.randn(2, 8, 5, 5, dtype=torch.float64)
+    parts = [(keep, 1.0), (positive, -1.0), (negative, -2.5)]
+    stack = op.input_grads(grad, parts, shape)
+    assert stack.shape == (2, groups, 3, 4 // groups, 5, 5)
+    for t, (modifier, coef) in enumerate(parts):
+        alone = coef * torch.nn.grad.conv2d_input(
+            shape, modifier(op.weight), grad, (1, 1), (1, 1), (1, 1), groups
+        )
+        assert torch.allclose(stack[:, :, t].reshape(shape), alone, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk", [None, 7])
+def test_stacked_dense_input_gradient_is_each_term(monkeypatch, chunk) -> None:
+    torch.manual_seed(1)
+    if chunk is not None:  # 4 rows of 11 inputs per chunk: 5 chunks of a 20 x 11 weight
+        monkeypatch.setattr(layers, "CHUNK_ELEMENTS", 4 * 11)
+    weight = torch.randn(20, 11, dtype=torch.float64)
+    op = LinearOp.linear(weight, None)
+    grad = torch.randn(3, 20, dtype=torch.float64)
+    parts = [(positive, 1.0), (negative, 0.5)]
+    stack = op.input_grads(grad, parts, torch.Size((3, 11)))
+    for t, (modifier, coef) in enumerate(parts):
+        assert torch.allclose(stack[..., t, :], coef * grad @ modifier(weight), atol=1e-12)
+
+
+@pytest.mark.parametrize("modifier", [positive, negative, keep])
+def test_chunked_dense_with_a_reused_buffer_equals_one_piece(monkeypatch, modifier) -> None:
+    torch.manual_seed(2)
+    weight = torch.randn(23, 9, dtype=torch.float64)
+    bias = torch.randn(23, dtype=torch.float64)
+    x = torch.randn(4, 9, dtype=torch.float64)
+    grad = torch.randn(4, 23, dtype=torch.float64)
+    whole = LinearOp.linear(weight, bias)
+    expected_out = whole.forward(x, modifier, keep)
+    expected_grad = whole.input_grad(grad, modifier, x.shape)
+    monkeypatch.setattr(layers, "CHUNK_ELEMENTS", 5 * 9)  # chunks of 5 rows, the last of 3
+    op = LinearOp.linear(weight, bias, cache=WeightCache(max_elements=10))
+    assert len(op._chunks()) == 5
+    assert torch.equal(op.forward(x, modifier, keep), expected_out)
+    assert torch.allclose(op.input_grad(grad, modifier, x.shape), expected_grad, atol=1e-12)
+    assert torch.equal(weight, whole.weight)  # the weight itself is never written
+
+
+def test_stacked_modifier_is_one_object_per_parts() -> None:
+    assert stacked(((positive, 1.0), (negative, -1.0))) is stacked(
+        ((positive, 1.0), (negative, -1.0))
+    )
+    assert stacked(((positive, 1.0),)) is not stacked(((positive, 2.0),))
