@@ -69,3 +69,49 @@ def test_stacked_modifier_is_one_object_per_parts() -> None:
         ((positive, 1.0), (negative, -1.0))
     )
     assert stacked(((positive, 1.0),)) is not stacked(((positive, 2.0),))
+
+
+def _mlp() -> torch.nn.Module:
+    torch.manual_seed(3)
+    return torch.nn.Sequential(
+        torch.nn.Flatten(),
+        torch.nn.Linear(48, 40),
+        torch.nn.ReLU(inplace=True),
+        torch.nn.Linear(40, 30),
+        torch.nn.ReLU(),
+        torch.nn.Linear(30, 5),
+    ).double()
+
+
+@pytest.mark.parametrize(
+    ("method", "rules", "target"),
+    [
+        ("sglrp", "dtd", "predicted"),
+        ("lrp", "epsilon-plus", "predicted"),
+        ("clrp", "epsilon-gamma-box", "predicted"),
+        ("sglrp", "dtd", torch.tensor([[0, 1], [2, 3], [4, 0]])),  # K = 2: one batched pass
+    ],
+)
+def test_deferred_dense_layers_give_the_same_relevance(monkeypatch, method, rules, target):
+    """Dense layers too large to keep their modified weights build them per chunk in the
+    backward pass (denominators and input gradient from one copy); the relevance is the one
+    of the layer in one piece."""
+    import sglrp
+
+    x = torch.randn(3, 3, 4, 4, dtype=torch.float64)
+    whole = sglrp.explain(_mlp(), x, target, method=method, rules=rules)
+    monkeypatch.setattr(layers, "CHUNK_ELEMENTS", 7 * 48)  # 6 chunks of the first layer
+    monkeypatch.setattr(layers, "CACHE_ELEMENTS", 100)  # nothing kept: every layer deferred
+    monkeypatch.setattr(layers.WeightCache.__init__, "__defaults__", (100,))
+    model = _mlp()
+    calls = []
+    original = layers.LinearOp.rows
+
+    def rows(self, *args, **kwargs):
+        calls.append(self.weight.shape)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(layers.LinearOp, "rows", rows)
+    chunked = sglrp.explain(model, x, target, method=method, rules=rules)
+    assert calls, "no layer was deferred"
+    assert torch.allclose(chunked, whole, rtol=1e-10, atol=1e-12)

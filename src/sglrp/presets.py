@@ -112,6 +112,22 @@ PRESETS: dict[str, tuple[Callable[[Bounds, float], RuleMap], str]] = {
 }
 
 
+def is_transformer(model: nn.Module) -> bool:
+    """True if ``model`` has an ``nn.MultiheadAttention`` or a module whose class name says
+    ``Transformer``."""
+    return any(
+        isinstance(m, nn.MultiheadAttention) or "Transformer" in type(m).__name__
+        for m in model.modules()
+    )
+
+
+def default_preset(model: nn.Module) -> str:
+    """The preset an evaluation uses for ``model``: ``"epsilon-cp"`` for a transformer
+    (:func:`is_transformer`; LXT's and Ali et al. 2022's ViT recipe), else ``"dtd"`` (the
+    SGLRP paper's rules)."""
+    return "epsilon-cp" if is_transformer(model) else "dtd"
+
+
 def bounds_from_normalization(
     mean: Sequence[float] | Tensor,
     std: Sequence[float] | Tensor,

@@ -59,7 +59,18 @@ RECIPES: dict[str, dict[str, Any]] = {
         "model_kwargs": {"batch_norm": True, "pool": 1},
     },
     "shapes_resnet": {"epochs": 12, "steps_per_epoch": 175, "model_kwargs": {}},
-    "shapes_vit": {"epochs": 10, "steps_per_epoch": 100, "model_kwargs": dict(SHAPES_VIT)},
+    "shapes_vit": {
+        "epochs": 12,
+        "steps_per_epoch": 100,
+        "model_kwargs": dict(SHAPES_VIT),
+        "init": {
+            "model": "shapes_vgg",
+            "sha256": "ca012b96926eafb0edda19437ea99123ea9cef4264ae4f37aa4f645188c6b341",
+            "modules": {"conv_proj": "features"},
+        },
+        "head_epochs": 8,
+        "init_lr_scale": 0.1,
+    },
 }
 """Every training setting of the shipped weights per model (over :data:`DEFAULTS`), used as
 :func:`train`'s defaults: ``sglrp train --model NAME --out NAME.pt`` rebuilds the shipped

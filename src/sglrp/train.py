@@ -76,13 +76,18 @@ def _warm_start(model: nn.Module, init: str | dict[str, Any]) -> dict[str, Any]:
 
     ``init`` is a shipped model's name (its ``features`` are copied) or a dict with
     ``"model"``, ``"modules"`` and optionally ``"sha256"`` (the weights file's expected
-    checksum). The shipped file is verified against its JSON by
-    :func:`sglrp.models.pretrained`, and against ``"sha256"`` when given.
+    checksum). ``"modules"`` is a list of top-level module names present in both models, or a
+    dict ``{target module: source module}`` (e.g. ``{"conv_proj": "features"}``: the hybrid
+    ViT's stem starts from a VGG's ``features``); then the target's entries with a
+    counterpart of the same shape in the source are copied and the rest (a stem's
+    ``conv_last``) keep their initialisation. The shipped file is verified against its JSON
+    by :func:`sglrp.models.pretrained`, and against ``"sha256"`` when given.
 
     Returns
     -------
     dict
-        ``model``, ``sha256`` and ``modules`` of the source, for the metadata.
+        ``model``, ``sha256`` and ``modules`` of the source, for the metadata, and ``keys``:
+        the state-dict entries copied.
     """
     spec = {"model": init, "modules": ["features"]} if isinstance(init, str) else dict(init)
     source = pretrained(spec["model"])
@@ -93,18 +98,33 @@ def _warm_start(model: nn.Module, init: str | dict[str, Any]) -> dict[str, Any]:
             f"init model {spec['model']!r} has weights sha256 {digest[:12]}..., the recipe "
             f"expects {expected[:12]}...; install the matching weights or pass --init none"
         )
-    modules = list(spec["modules"])
+    given = spec["modules"]
+    renamed = dict(given) if isinstance(given, dict) else {m: m for m in given}
     target = model.state_dict()
-    keys = [k for k in target if k.split(".")[0] in modules]
     state = source.model.state_dict()
-    problems = [k for k in keys if k not in state or state[k].shape != target[k].shape]
-    if not keys or problems:
+    copies: dict[str, str] = {}
+    problems: list[str] = []
+    for key in target:
+        head, _, rest = key.partition(".")
+        if head not in renamed:
+            continue
+        origin = f"{renamed[head]}.{rest}"
+        if origin in state and state[origin].shape == target[key].shape:
+            copies[key] = origin
+        elif not isinstance(given, dict) or origin in state:
+            problems.append(key)
+    if not copies or problems:
         raise ValueError(
-            f"init model {spec['model']!r} does not fit modules {modules} of the trained model "
-            f"({'no such modules' if not keys else 'differs at ' + ', '.join(problems[:3])})"
+            f"init model {spec['model']!r} does not fit modules {given} of the trained model "
+            f"({'no such modules' if not copies else 'differs at ' + ', '.join(problems[:3])})"
         )
-    model.load_state_dict({k: state[k] for k in keys}, strict=False)
-    return {"model": spec["model"], "sha256": digest, "modules": modules}
+    model.load_state_dict({k: state[o] for k, o in copies.items()}, strict=False)
+    return {"model": spec["model"], "sha256": digest, "modules": given, "keys": list(copies)}
+
+
+def _owners(model: nn.Module, keys: list[str]) -> list[str]:
+    """Names of the modules that own the state-dict entries ``keys``."""
+    return sorted({key.rpartition(".")[0] for key in keys})
 
 
 def _freeze(model: nn.Module, modules: list[str], frozen: bool) -> None:
@@ -386,7 +406,8 @@ def train(
         if warm is None:
             groups: list[dict[str, Any]] = [{"params": list(model.parameters()), "lr": lr}]
         else:
-            inside = {id(p) for m in warm["modules"] for p in model.get_submodule(m).parameters()}
+            copied = set(warm["keys"])
+            inside = {id(p) for name, p in model.named_parameters() if name in copied}
             groups = [
                 {"params": [p for p in model.parameters() if id(p) in inside]},
                 {"params": [p for p in model.parameters() if id(p) not in inside]},
@@ -418,7 +439,7 @@ def train(
             "threads": threads,
             "workers": workers,
             "model_kwargs": model_kwargs or {},
-            "init": warm,
+            "init": None if warm is None else {k: v for k, v in warm.items() if k != "keys"},
             "head_epochs": head_epochs,
             "init_lr_scale": init_lr_scale,
             "data": f"per step {n_single} new 'train' and {n_multi} new 'train_multi' images "
@@ -431,7 +452,7 @@ def train(
         for epoch in range(1, epochs + 1):
             model.train()
             if warm is not None:
-                _freeze(model, warm["modules"], frozen=epoch <= head_epochs)
+                _freeze(model, _owners(model, warm["keys"]), frozen=epoch <= head_epochs)
             loss_sum, hits, seen = 0.0, 0, 0
             stream = _BatchStream(seed, size, n_single, n_multi, step, steps_per_epoch)
             loader = DataLoader(

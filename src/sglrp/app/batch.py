@@ -33,7 +33,7 @@ from ..metrics import (
     relevance_rank_accuracy,
     second_most_probable,
 )
-from ..presets import bounds_from_normalization
+from ..presets import bounds_from_normalization, default_preset
 from .config import CONFIDENCE_KEEP_TOP, FORWARD_BATCH, EvalConfig
 from .sources import DataSource
 
@@ -74,7 +74,9 @@ def explain_relevance(
 ) -> Tensor:
     """Relevance of one method as the runner computes it, (U, C, H, W) or (U, 1, H, W).
 
-    LRP methods use the Z^B bounds of the model's normalisation; ``random`` uses ``seed``;
+    LRP methods use the Z^B bounds of the model's normalisation and the rules of
+    :func:`sglrp.presets.default_preset` (``epsilon-cp`` on transformers, else the paper's
+    ``dtd``); ``random`` uses ``seed``;
     every other method its defaults. Maps smaller than the input are upsampled bilinearly.
     """
     record = get(method)
@@ -82,6 +84,7 @@ def explain_relevance(
     if record.takes_rules:
         low, high = bounds_from_normalization(bundle.mean, bundle.std)
         options["bounds"] = (low.to(x.device), high.to(x.device))
+        options["rules"] = default_preset(bundle.model)
     if "seed" in record.options:
         options["seed"] = seed
     r = explain(bundle.model, x, targets, method=method, **options)

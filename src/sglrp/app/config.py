@@ -20,6 +20,7 @@ __all__ = [
     "MEASURES",
     "METRIC_NAMES",
     "PAPER_METHODS",
+    "TRANSFORMER_METHODS",
     "EvalConfig",
     "Measure",
     "measures_for",
@@ -32,6 +33,10 @@ __all__ = [
 PAPER_METHODS: tuple[str, ...] = ("sglrp", "clrp", "lrp", "guided_gradcam", "relevance_cam")
 #: ``sglrp evaluate``'s default: the paper's methods and the random baseline.
 DEFAULT_METHODS: tuple[str, ...] = (*PAPER_METHODS, "random")
+#: Baselines of the transformer literature, evaluated in addition on a model with attention:
+#: attention rollout (Abnar & Zuidema 2020), gradient-weighted rollout (Chefer et al. 2021)
+#: and Grad-CAM on the last block's patch tokens.
+TRANSFORMER_METHODS: tuple[str, ...] = ("attention_rollout", "gradient_rollout", "vit_gradcam")
 
 #: Metric names accepted by ``--metrics`` (the keys of ``sglrp.metrics.METRICS``).
 METRIC_NAMES: tuple[str, ...] = (

@@ -13,10 +13,12 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
+from ..presets import is_transformer
 from . import runner
-from .config import EvalConfig
+from .config import TRANSFORMER_METHODS, EvalConfig
 from .diagnostics import collapse_curves, write_collapse
 from .distributed import detect
 from .findings import label
@@ -86,12 +88,16 @@ def _reproduce(
     progress: bool,
     restart: bool,
 ) -> Path | None:
+    bundle = runner.load_model(cfg)
+    extra = [m for m in TRANSFORMER_METHODS if m not in cfg.methods]
+    if extra and is_transformer(bundle.model):
+        cfg = replace(cfg, methods=(*cfg.methods, *extra))
+        say(f"transformer: the ViT baselines {', '.join(extra)} are evaluated too")
     say(f"[1/3] evaluating {len(cfg.methods)} methods with {len(cfg.metrics)} metrics -> {out}")
     data = runner.run(cfg, out, progress=progress, log=say, restart=restart, kind="reproduce")
     if data is None:  # another rank of a torchrun job: rank 0 writes the report
         return None
     say("[2/3] drawing comparison grids")
-    bundle = runner.load_model(cfg)
     source = open_data(cfg.data, cfg.n, cfg.seed, bundle)
     multi = _multi_object(source, grid_images)
     grids = []

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
@@ -200,6 +200,14 @@ class VisionTransformer(nn.Module):
         Width of an extra Linear + Tanh (``heads.pre_logits``, ``heads.act``) before the head.
     norm_layer : callable
         Normalisation factory, ``nn.LayerNorm(eps=1e-6)`` by default.
+    stem : sequence of int or "M", optional
+        A hybrid patch embedding (Dosovitskiy et al. 2021, sec. 3.1 "Hybrid Architecture"):
+        ``conv_proj`` becomes 3x3 convolutions (ints: widths, each with batch norm and ReLU)
+        and 2x2 max-pools (``"M"``) laid out as a VGG ``features`` block (children ``0``,
+        ``1``, ...), then ``conv_proj.conv_last``, a convolution with kernel and stride
+        ``patch_size / 2**pools`` into ``hidden_dim``: the tokens are still the
+        ``patch_size`` x ``patch_size`` cells of the image. ``None`` (default): one
+        patchifying convolution, as torchvision's ViTs.
     """
 
     def __init__(
@@ -215,6 +223,7 @@ class VisionTransformer(nn.Module):
         num_classes: int = 1000,
         representation_size: int | None = None,
         norm_layer: Callable[..., nn.Module] = _LAYER_NORM,
+        stem: Sequence[int | str] | None = None,
     ) -> None:
         super().__init__()
         if image_size % patch_size != 0:
@@ -233,7 +242,12 @@ class VisionTransformer(nn.Module):
         self.representation_size = representation_size
         self.norm_layer = norm_layer
 
-        self.conv_proj = nn.Conv2d(3, hidden_dim, kernel_size=patch_size, stride=patch_size)
+        self.stem = None if stem is None else tuple(stem)
+        self.conv_proj: nn.Module = (
+            nn.Conv2d(3, hidden_dim, kernel_size=patch_size, stride=patch_size)
+            if stem is None
+            else _hybrid_stem(stem, patch_size, hidden_dim)
+        )
         seq_length = (image_size // patch_size) ** 2 + 1  # patches and the class token
         self.class_token = nn.Parameter(torch.zeros(1, 1, hidden_dim))
         self.encoder = Encoder(
@@ -257,9 +271,10 @@ class VisionTransformer(nn.Module):
             heads["head"] = nn.Linear(representation_size, num_classes)
         self.heads = nn.Sequential(heads)
 
-        fan_in = 3 * patch_size * patch_size
-        nn.init.trunc_normal_(self.conv_proj.weight, std=math.sqrt(1 / fan_in))
-        nn.init.zeros_(self.conv_proj.bias)
+        if stem is None:
+            fan_in = 3 * patch_size * patch_size
+            nn.init.trunc_normal_(self.conv_proj.weight, std=math.sqrt(1 / fan_in))
+            nn.init.zeros_(self.conv_proj.bias)
         if representation_size is not None:
             nn.init.trunc_normal_(
                 self.heads.pre_logits.weight, std=math.sqrt(1 / self.heads.pre_logits.in_features)
@@ -291,6 +306,35 @@ class VisionTransformer(nn.Module):
         x = self.encoder(x)
         x = x[:, 0]
         return self.heads(x)
+
+
+def _hybrid_stem(stem: Sequence[int | str], patch_size: int, hidden_dim: int) -> nn.Sequential:
+    """VGG-style convolutions and pools, then a ``conv_last`` onto the patch grid."""
+    layers = nn.Sequential()
+    channels, stride = 3, 1
+    for item in stem:
+        if item == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            stride *= 2
+        elif isinstance(item, int) and not isinstance(item, bool) and item > 0:
+            layers.append(nn.Conv2d(channels, item, 3, padding=1))
+            layers.append(nn.BatchNorm2d(item))
+            layers.append(nn.ReLU(inplace=True))
+            channels = item
+        else:
+            raise ValueError(f"stem entries are positive ints or 'M', got {item!r}")
+    if patch_size % stride:
+        raise ValueError(
+            f"the stem pools by {stride}, which does not divide patch_size {patch_size}; "
+            "use fewer 'M' entries or a larger patch_size"
+        )
+    kernel = patch_size // stride
+    layers.add_module("conv_last", nn.Conv2d(channels, hidden_dim, kernel, stride=kernel))
+    for m in layers.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+    return layers
 
 
 def vit_b_16(num_classes: int = 1000, **kwargs: Any) -> VisionTransformer:
@@ -336,6 +380,7 @@ SHAPES_VIT: dict[str, Any] = {
     "num_heads": 4,
     "hidden_dim": 128,
     "mlp_dim": 256,
+    "stem": [16, 16, "M", 32, 32, "M"],
 }
 """Default settings of :func:`shapes_vit` (the shipped weights record theirs in metadata)."""
 

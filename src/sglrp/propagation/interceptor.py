@@ -353,7 +353,9 @@ class Interceptor(NonlinearTreatments, TorchFunctionMode):
         if rule.bounds() is not None:
             low, high = rule.bounds()
             if low is None:  # the input's own per-image, per-channel range
-                flat = layer_input.detach().flatten(2)
+                seen = layer_input.detach()
+                # (N, C, ...) per channel; a dense layer's (N, F) per image
+                flat = seen.flatten(2) if seen.dim() > 2 else seen.unsqueeze(1)
                 low, high = flat.amin(dim=2), flat.amax(dim=2)
             state.bounds = (normalise_bound(low, layer_input), normalise_bound(high, layer_input))
             check_within(layer_input.detach(), *state.bounds, where)

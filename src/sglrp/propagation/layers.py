@@ -75,6 +75,10 @@ class WeightCache:
         self._entries[key] = (versions, value)
         return value
 
+    def put(self, key: tuple, versions: tuple, value: Tensor) -> None:
+        """Store ``value`` (computed elsewhere, e.g. into a reused buffer) under ``key``."""
+        self._entries[key] = (versions, value)
+
     def clear(self) -> None:
         self._entries.clear()
 
@@ -210,6 +214,20 @@ class LinearOp:
         b = shift if self.bias is None else self.bias * scale + shift
         merged_from = tuple(t for t in (running_mean, running_var, weight) if t is not None)
         return replace(self, weight=w, bias=b, sources=self.sources + merged_from)
+
+    def rows(self, rows: slice, cache: WeightCache | None) -> LinearOp:
+        """The dense op of output units ``rows`` (a view of the weight), with its own cache."""
+        bias = None if self.bias is None else self.bias[rows]
+        return replace(self, weight=self.weight[rows], bias=bias, sources=(), cache=cache)
+
+    def kept(self) -> bool:
+        """True if modified weights of this op are kept (:class:`WeightCache`) rather than
+        rebuilt where they are used."""
+        return self.cache is not None and self.weight.numel() <= self.cache.max_elements
+
+    def chunked(self) -> bool:
+        """True for a dense op processed in row chunks (see :data:`CHUNK_ELEMENTS`)."""
+        return not self.ndim and len(self._chunks()) > 1
 
     @property
     def out_features(self) -> int:

@@ -10,13 +10,13 @@ so that :math:`R_{in} = x \\odot s_{in}` is the rule's input relevance (see :mod
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
 
 from ..rules import LinearRule, X, keep
-from .layers import LinearOp
+from .layers import _INTO, LinearOp, WeightCache
 
 
 def signed_epsilon(d: Tensor, eps: float) -> Tensor:
@@ -79,6 +79,7 @@ class RuleState:
     bounds: tuple[Tensor, Tensor] | None = None
     name: str = ""
     last_pass: list[bool] = field(default_factory=lambda: [True])
+    deferred: tuple[Tensor, Tensor, bool] | None = None
 
     def active_terms(self) -> list:
         return [t for t in self.rule.terms if self._branch_active(t.branch)]
@@ -142,8 +143,17 @@ class RuleState:
         ``relu``: a ReLU applied in place to the output is folded in: the denominators are
         taken from :math:`z`, then ``value`` is clamped in place and the ratios become
         :math:`\\max(z, 0) / d_g`, i.e. :math:`z / d_g` masked by :math:`z > 0`.
+
+        A dense layer too large to keep its modified weights (VGG16's first classifier layer)
+        defers them to the backward pass, which then builds each chunk of modified weights
+        once for both its denominators and its input gradient (:meth:`backward`).
         """
         self.ratios = []
+        if self.op.chunked() and not self.op.kept():
+            self.deferred = (x, value.clone(), relu)
+            if relu:
+                value.clamp_(min=0)
+            return
         denominators = self.denominators(x, value)
         if relu:
             value.clamp_(min=0)
@@ -194,6 +204,8 @@ class RuleState:
         Returns ``(s_in, None)`` for multiplicative rules and ``(None, R_in)`` for rules in
         relevance form (Z^B, flat, w-square).
         """
+        if self.deferred is not None:
+            return self._backward_in_chunks(grad)
         if not self.ratios:
             raise RuntimeError(
                 f"internal: the ratios of layer '{self.name}' were not computed before the "
@@ -231,6 +243,34 @@ class RuleState:
         if final:
             self.ratios = []
         if relevance_form:
+            return None, total
+        return total, None
+
+    def _backward_in_chunks(self, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """:meth:`backward` of a deferred dense layer, one chunk of output units at a time:
+        the chunk's modified weights are built once (into reused buffers) and serve its
+        denominators and its input gradient."""
+        x, z, relu = self.deferred
+        weight = self.op.weight
+        modifiers = {b.weight for b in self.rule.branches if b.weight is not keep}
+        buffers: dict = {}
+        total = None
+        chunks = self.op._chunks()
+        for modifier in modifiers & _INTO.keys():
+            buffers[modifier] = weight.new_empty(chunks[0].stop, *weight.shape[1:])
+        for rows in chunks:
+            cache = WeightCache(max_elements=weight.numel())
+            for modifier, buffer in buffers.items():
+                out = buffer[: rows.stop - rows.start]
+                cache.put(((), modifier), (), _INTO[modifier](weight[rows], out))
+            chunk = replace(self, op=self.op.rows(rows, cache), ratios=[], deferred=None)
+            chunk.compute_ratios(x, z[..., rows].clone(), relu=relu)
+            s_in, relevance = chunk.backward(grad[..., rows])
+            part = s_in if s_in is not None else relevance
+            total = part if total is None else total.add_(part)
+        if self.last_pass[0] and len(self.last_pass) == 1:
+            self.deferred = None
+        if self.rule.relevance_form:
             return None, total
         return total, None
 

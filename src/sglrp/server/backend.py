@@ -37,7 +37,7 @@ from sglrp.commands.explain import prepare
 from sglrp.images import load_image, preprocess
 from sglrp.methods import get, methods
 from sglrp.neurons import critical_paths, neuron_layers
-from sglrp.presets import PRESETS
+from sglrp.presets import PRESETS, is_transformer
 
 __all__ = [
     "CONTRAST_METHODS",
@@ -149,12 +149,6 @@ def load_bundle(
     return Bundle(settings=settings, names=names, hidden=hidden, conv_layers=conv)
 
 
-def _is_transformer(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.MultiheadAttention) for m in model.modules()) or any(
-        "Transformer" in type(m).__name__ for m in model.modules()
-    )
-
-
 def method_choices(bundle: Bundle) -> list[tuple[str, str]]:
     """``(label, name)`` of the registered methods that apply to the model.
 
@@ -162,7 +156,7 @@ def method_choices(bundle: Bundle) -> list[tuple[str, str]]:
     transformers only; a compiled TorchScript model gets the gradient-only methods.
     """
     model = bundle.model
-    transformer = _is_transformer(model)
+    transformer = is_transformer(model)
     out = []
     for record in methods():
         if record.family == "baseline" or (record.family == "attention" and not transformer):
