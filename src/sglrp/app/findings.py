@@ -13,6 +13,7 @@ from typing import Any
 from .config import method_label as label
 
 __all__ = [
+    "EXPECTED_LABEL",
     "SUBSETS",
     "curve_means",
     "digits",
@@ -33,6 +34,9 @@ SUBSETS = (
     ("second_present", "2nd class present"),
     ("second_absent", "2nd class absent"),
 )
+
+#: Name of the row (column) of a uniformly random map's expected score in the tables.
+EXPECTED_LABEL = "Random, expected"
 
 
 def number(v: float | None, digits: int = 3) -> str:
