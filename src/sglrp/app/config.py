@@ -20,6 +20,7 @@ __all__ = [
     "MEASURES",
     "METRIC_NAMES",
     "PAPER_METHODS",
+    "REPRODUCE_METHODS",
     "EvalConfig",
     "Measure",
     "measures_for",
@@ -32,6 +33,9 @@ __all__ = [
 PAPER_METHODS: tuple[str, ...] = ("sglrp", "clrp", "lrp", "guided_gradcam", "relevance_cam")
 #: ``sglrp evaluate``'s default: the paper's methods and the random baseline.
 DEFAULT_METHODS: tuple[str, ...] = (*PAPER_METHODS, "random")
+#: ``sglrp reproduce``'s methods: also Relevance-CAM at the network's middle stage
+#: (``relevance_cam_mid``), beside ``relevance_cam`` at the last convolution's activation.
+REPRODUCE_METHODS: tuple[str, ...] = (*PAPER_METHODS, "relevance_cam_mid", "random")
 
 #: Metric names accepted by ``--metrics`` (the keys of ``sglrp.metrics.METRICS``).
 METRIC_NAMES: tuple[str, ...] = (

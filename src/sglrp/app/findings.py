@@ -18,6 +18,7 @@ __all__ = [
     "curve_means",
     "digits",
     "label",
+    "method_name",
     "number",
     "subset_best",
     "summary_paragraphs",
@@ -44,6 +45,13 @@ def number(v: float | None, digits: int = 3) -> str:
         return "n/a"
     text = f"{v:.{digits}f}"
     return text[1:] if text.startswith("-") and not text.strip("-0.") else text
+
+
+def method_name(data: Mapping[str, Any], method: str) -> str:
+    """A method's label with the layer it used (``"Relevance-CAM @ layer4"``) when
+    ``metrics.json`` names one (``method_layers``)."""
+    layer = data.get("method_layers", {}).get(method)
+    return f"{label(method)} @ {layer}" if layer else label(method)
 
 
 def digits(entry: Mapping[str, Any]) -> int:

@@ -24,6 +24,7 @@ from .findings import (
     curve_means,
     digits,
     label,
+    method_name,
     number,
     subset_best,
     summary_paragraphs,
@@ -70,7 +71,9 @@ def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def _table(key: str, entry: Mapping[str, Any], methods: Sequence[str]) -> str:
+def _table(
+    key: str, entry: Mapping[str, Any], methods: Sequence[str], names: Mapping[str, str]
+) -> str:
     d = digits(entry)
     better = "higher" if entry["direction"] == "higher" else "lower"
     levels = entry.get("levels") or []
@@ -106,7 +109,7 @@ def _table(key: str, entry: Mapping[str, Any], methods: Sequence[str]) -> str:
         if st is None:
             continue
         is_best = m == entry.get("best")
-        name = html.escape(label(m)) + (" &#9733;" if is_best else "")
+        name = html.escape(names.get(m, label(m))) + (" &#9733;" if is_best else "")
         ci = f"{number(st['mean'], d)} [{number(st['low'], d)}, {number(st['high'], d)}]"
         cells = [f"<td>{name}</td>", f"<td>{ci}</td>", f"<td>{st['n']}</td>"]
         for k, _ in subsets:
@@ -213,7 +216,7 @@ def render_html(
         f"Model <b>{esc(str(data.get('model')))}</b>; data <b>{esc(str(settings.get('data')))}"
         f"</b> ({data.get('n_images')} images, {data['n_units'].get('gt', 0)} image-target "
         f"units, {data['n_units'].get('second', 0)} second-target units); methods: "
-        f"{esc(', '.join(label(m) for m in methods))}.",
+        f"{esc(', '.join(method_name(data, m) for m in methods))}.",
     ]
     if acc_text:
         parts.append(f"<br>Classifier: {esc(acc_text)}.")
@@ -285,8 +288,9 @@ def render_html(
         "<h2>Tables</h2><p>&#9733; marks the best method of each measure (by its "
         "direction); a green cell the best at that level.</p>"
     )
+    names = {m: method_name(data, m) for m in methods}
     for key, entry in data["metrics"].items():
-        parts.append(_table(key, entry, methods))
+        parts.append(_table(key, entry, methods, names))
 
     proto = data.get("protocol", {})
     parts.append("<h2>Protocol</h2><ul>")
@@ -353,7 +357,8 @@ def render_markdown(data: Mapping[str, Any]) -> str:
             cells.append(f"**{text}**" if m == e.get("best") else text)
         chance = (e.get("random_expectation") or {}).get("mean")
         rows.append([e["title"], e["direction"], *cells, number(chance, d)])
-    lines += _md_table(["measure", "better", *(label(m) for m in methods), EXPECTED_LABEL], rows)
+    names = [method_name(data, m) for m in methods]
+    lines += _md_table(["measure", "better", *names, EXPECTED_LABEL], rows)
     n_units = data.get("n_units", {})
     lines += [
         "",

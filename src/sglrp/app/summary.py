@@ -10,12 +10,23 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from .._guard import preserved
 from ..atomic import atomic_open
 from ..loading import ModelBundle
+from ..methods import available, get
 from ..metrics import CLOSED_FORM, RANDOM_EXPECTATIONS, aggregate
 from .config import CONFIDENCE_KEEP_TOP, EvalConfig, measures_for, method_label
 
-__all__ = ["EXPECTED_ROW", "metrics_document", "model_accuracy", "summarize", "write_csv"]
+__all__ = [
+    "EXPECTED_ROW",
+    "method_layers",
+    "metrics_document",
+    "model_accuracy",
+    "summarize",
+    "write_csv",
+]
 
 #: Method column of the expected-random rows in ``metrics.csv``.
 EXPECTED_ROW = "random_expected"
@@ -233,6 +244,27 @@ def write_csv(path: Path, metrics: Mapping[str, Any]) -> Path:
     return path
 
 
+def method_layers(bundle: ModelBundle, methods: Sequence[str]) -> dict[str, str]:
+    """The layer each method that works at one layer uses on the bundle's model (its
+    registered ``layer_rule`` on a zero input of the model's size; the layers depend on the
+    architecture, not on the image)."""
+    rules = {m: get(m).layer_rule for m in methods if m in available()}
+    rules = {m: r for m, r in rules.items() if r is not None}
+    if not rules:
+        return {}
+    param = next(iter(bundle.model.parameters()), None)
+    x = torch.zeros(
+        1,
+        len(bundle.mean),
+        bundle.size,
+        bundle.size,
+        dtype=param.dtype if param is not None else torch.float32,
+        device=param.device if param is not None else "cpu",
+    )
+    with preserved(bundle.model):
+        return {m: rule(bundle.model, x) for m, rule in rules.items()}
+
+
 def metrics_document(
     records: Mapping[int, Mapping[str, Any]],
     cfg: EvalConfig,
@@ -258,6 +290,7 @@ def metrics_document(
         "classes": list(bundle.classes),
         "methods": list(methods),
         "method_labels": {m: method_label(m) for m in methods},
+        "method_layers": method_layers(bundle, methods),
         "n_images": sum(len(r["images"]) for r in records.values()),
         "n_units": n_units,
         "protocol": {
