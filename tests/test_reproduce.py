@@ -204,6 +204,14 @@ def test_summary_is_written_from_the_numbers():
     assert "best Guided Grad-CAM 0.550" in text
     assert "SGLRP wins: Average drop (%)" in text  # lower is better: 30 beats 40
     assert "above Guided Grad-CAM's at E = 0.8-1" in text
+    assert "Methods worse than a uniformly random map's expected score" not in text
+    low = copy.deepcopy(data)
+    low["metrics"]["extended_pointing_game"]["random_expectation"]["mean"] = 0.52
+    text = " ".join(findings.summary_paragraphs(low))
+    assert (
+        "Methods worse than a uniformly random map's expected score: Extended pointing game "
+        "(pointing accuracy) (chance 0.520: SGLRP 0.500)." in text
+    )
 
     flipped = copy.deepcopy(data)
     for m, v in (("sglrp", 45.0), ("guided_gradcam", 35.0)):

@@ -144,6 +144,30 @@ def summary_paragraphs(data: Mapping[str, Any]) -> list[str]:
             "among several objects) the winner changes: " + "; ".join(multi_wins) + "."
         )
     out.extend(_paper_checks(metrics, methods))
+    below = []
+    for e in metrics.values():
+        chance = (e.get("random_expectation") or {}).get("mean")
+        if chance is None:
+            continue
+        worse = [
+            m
+            for m in methods
+            if m != "random"
+            and e["methods"].get(m, {}).get("mean") is not None
+            and (
+                e["methods"][m]["mean"] < chance
+                if e["direction"] == "higher"
+                else e["methods"][m]["mean"] > chance
+            )
+        ]
+        if worse:
+            d = digits(e)
+            names = ", ".join(f"{label(m)} {number(e['methods'][m]['mean'], d)}" for m in worse)
+            below.append(f"{e['title']} (chance {number(chance, d)}: {names})")
+    if below:
+        out.append(
+            "Methods worse than a uniformly random map's expected score: " + "; ".join(below) + "."
+        )
     if "random" in methods:
         first, behind = [], []
         for e in metrics.values():

@@ -247,6 +247,7 @@ def render_html(
             "SGLRP wins",
             "SGLRP does not win",
             "Methods scoring worse than Random",
+            "Methods worse than a uniformly random map's expected score",
             "On multi-object images alone (where an explanation must pick out the target "
             "among several objects) the winner changes",
         )
