@@ -22,8 +22,11 @@ from sglrp.methods import (
     guided_backprop,
     guided_gradcam,
     input_x_gradient,
+    last_layer,
+    middle_layer,
     random_map,
     relevance_cam,
+    relevance_cam_mid,
 )
 from sglrp.propagation import DEFAULT_LAYER, PropagationResult, propagate
 
@@ -245,10 +248,19 @@ def test_registry() -> None:
         "gradcam",
         "guided_gradcam",
         "relevance_cam",
+        "relevance_cam_mid",
         "random",
     }
-    assert {"gradcam", "relevance_cam"} == CAM_METHODS
-    assert CAM_METHODS <= LAYER_METHODS <= set(METHODS)
+    assert {"gradcam", "relevance_cam", "relevance_cam_mid"} == CAM_METHODS
+    assert CAM_METHODS - {"relevance_cam_mid"} <= LAYER_METHODS <= set(METHODS)
+    assert not registry.get("relevance_cam_mid").takes_layer  # its layer is the rule's
+    rules = {m.name: m.layer_rule for m in registry.methods() if m.layer_rule is not None}
+    assert rules == {
+        "gradcam": last_layer,
+        "guided_gradcam": last_layer,
+        "relevance_cam": last_layer,
+        "relevance_cam_mid": middle_layer,
+    }
     record = registry.get("GUIDED-GradCAM")
     assert record.name == "guided_gradcam" and record.label == "Guided Grad-CAM"
     assert record.options == ("layer",) and record.forward_passes == 2
@@ -704,3 +716,40 @@ def test_dispatch_through_explain_matches_direct_call(name: str) -> None:
     before = model_state(net)
     torch.testing.assert_close(explain(net, x, t, method=name), METHODS[name](net, x, t))
     assert_same_state(before, model_state(net))
+
+
+def _staged_net() -> nn.Module:
+    """Stages at 8, 4, 2 and 1 px (a ReLU closes each): middle stage m // 2 = 2 of 4 is the
+    2 px one, closed by module "7"."""
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),  # "1": 8 px
+        nn.Conv2d(4, 4, 3, stride=2, padding=1),
+        nn.ReLU(),  # "3": 4 px
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.Conv2d(4, 4, 3, stride=2, padding=1),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),  # "7": 2 px
+        nn.Conv2d(4, 4, 3, stride=2, padding=1),
+        nn.ReLU(),  # "9": 1 px
+        nn.Flatten(),
+        nn.Linear(4, CLASSES),
+    )
+
+
+def test_middle_layer_rule_and_relevance_cam_there() -> None:
+    """The rule on hand-made stage layouts, and relevance_cam_mid = relevance_cam at it."""
+    net = _staged_net().eval()
+    x, t = batch()
+    assert middle_layer(net, x) == "7" and last_layer(net, x) == "9"
+    odd = nn.Sequential(*list(_staged_net())[:8], nn.Flatten(), nn.Linear(16, CLASSES))
+    # stages 8, 4, 2 px: index 3 // 2 = 1, the 4 px one, whose last output is conv "4"
+    assert middle_layer(odd, x) == "4"
+    assert middle_layer(_sequential_net(), x) == "3"  # 8 and 4 px: index 1, the last stage
+    got = relevance_cam_mid(net, x, t)
+    torch.testing.assert_close(got, relevance_cam(net, x, t, layer="7"))
+    assert not torch.equal(got, relevance_cam(net, x, t))
+    with pytest.raises(TypeError, match="does not take 'layer'"):
+        relevance_cam_mid(net, x, t, layer="3")
+    with pytest.raises(ValueError, match="no nn.Conv2d"):
+        middle_layer(nn.Sequential(nn.Flatten(), nn.Linear(3 * H * W, CLASSES)), x)

@@ -9,9 +9,12 @@ import torch
 from torch import nn
 
 from sglrp.metrics import (
+    CLOSED_FORM,
     LOCALISATION_METRICS,
     METRICS,
+    RANDOM_EXPECTATIONS,
     aggregate,
+    area_share,
     average_drop,
     boxes_to_masks,
     deletion,
@@ -24,6 +27,7 @@ from sglrp.metrics import (
     masked_patches,
     patch_masking,
     pointing_game,
+    random_expectation,
     relevance_mass_accuracy,
     relevance_rank_accuracy,
     relevance_ranks,
@@ -436,3 +440,54 @@ def test_model_state_restored_and_second_target():
     deletion(model, x, maps, "predicted", steps=4)
     average_drop(model, x, maps, "second", keep_top=0.5)
     assert_same_state(before, model_state(model))
+
+
+# ----------------------------------------------------------------------------- chance level
+
+
+def test_random_expectation_on_hand_made_masks():
+    """A box of a quarter of an 8x8 image: every closed form but the pointing game's is 0.25;
+    one pixel in the centre of a 9x9 image: 1/81, and 5/81 with tolerance 1 (the pixel and
+    its 4 neighbours at distance 1; the diagonals are at sqrt(2) > 1)."""
+    quarter = torch.zeros(1, 8, 8, dtype=torch.bool)
+    quarter[0, :4, :4] = True
+    assert area_share(quarter).tolist() == [0.25]
+    for metric in ("extended_pointing_game", "relevance_mass_accuracy", "relevance_rank_accuracy"):
+        assert random_expectation(metric, quarter).tolist() == [0.25]
+    dot = torch.zeros(2, 9, 9, dtype=torch.bool)
+    dot[0, 4, 4] = True  # image 1: empty mask, skipped by the metrics: NaN
+    exact = random_expectation("pointing_game", dot, tolerance=0)
+    assert exact[0].item() == 1 / 81 and math.isnan(exact[1].item())
+    assert random_expectation("pointing_game", dot, tolerance=1)[0].item() == 5 / 81
+    assert random_expectation("pointing_game", dot, tolerance=1.5)[0].item() == 9 / 81
+    # the quarter's 4x4 block, a row below and a column to the right: 16 + 4 + 4 pixels
+    assert random_expectation("pointing_game", quarter, tolerance=1).item() == 24 / 64
+
+
+def test_random_expectation_matches_random_maps_and_names_every_metric():
+    """Mean score of 3000 uniform random maps vs the closed form (standard errors about
+    0.004-0.009 here; a wrong formula, e.g. the undilated mask for the pointing game,
+    0.1875 instead of 0.406, is far outside)."""
+    assert set(RANDOM_EXPECTATIONS) == set(METRICS) and set(METRICS) >= CLOSED_FORM
+    gen = torch.Generator().manual_seed(0)
+    n = 3000
+    mask = torch.zeros(n, 8, 8, dtype=torch.bool)
+    mask[:, 2:5, 1:5] = True  # 12 of 64 pixels: 0.1875
+    maps = torch.rand(n, 8, 8, generator=gen)
+    measured = {
+        "extended_pointing_game": extended_pointing_game(maps, mask),
+        "pointing_game": pointing_game(maps, mask, tolerance=1),
+        "relevance_mass_accuracy": relevance_mass_accuracy(maps, mask),
+        "relevance_rank_accuracy": relevance_rank_accuracy(maps, mask),
+    }
+    for metric, res in measured.items():
+        expected = random_expectation(metric, mask, tolerance=1)
+        assert torch.allclose(expected, expected[:1].expand(n))
+        agg = res.aggregate
+        assert abs(agg.mean - expected[0].item()) <= 4 * agg.half_width / 1.96, metric
+    # the 3x4 box dilated by 1: 5 rows x 4 columns plus one column each side of its 3 rows
+    assert random_expectation("pointing_game", mask[:1], 1).item() == 26 / 64
+    with pytest.raises(ValueError, match="no closed-form .* estimate it with the random"):
+        random_expectation("deletion", mask)
+    with pytest.raises(ValueError, match=r"masks must be \(N, H, W\)"):
+        random_expectation("pointing_game", mask[0])

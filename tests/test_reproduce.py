@@ -15,6 +15,7 @@ from sglrp import cli
 from sglrp.app import compare, config, findings, grids, plots, report, runner, sources
 from sglrp.data import CLASSES, MEAN, STD
 from sglrp.loading import ModelBundle
+from sglrp.metrics import CLOSED_FORM
 from sglrp.models import shapes_vgg
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "sglrp" / "weights"
@@ -95,7 +96,11 @@ def test_reproduce_quick_writes_a_self_contained_report(model_spec, tmp_path, ca
 
     data = json.loads((out / "metrics.json").read_text())
     assert (out / "summary.md").read_text(encoding="utf-8") == report.render_markdown(data)
-    assert data["methods"] == list(config.DEFAULT_METHODS)
+    assert data["methods"] == list(config.REPRODUCE_METHODS)
+    # Relevance-CAM at two depths, each named with its layer in the tables
+    layers = data["method_layers"]
+    assert layers["relevance_cam"] == "features.26" and layers["relevance_cam_mid"] == "features.19"
+    assert set(layers) == {"guided_gradcam", "relevance_cam", "relevance_cam_mid"}
     keys = set(data["metrics"])
     assert {"extended_pointing_game", "patch_masking", "patch_masking_second"} <= keys
     assert keys == set(config.MEASURES)
@@ -103,6 +108,15 @@ def test_reproduce_quick_writes_a_self_contained_report(model_spec, tmp_path, ca
         assert key in page.ids  # one table per measure
     text = " ".join(page.text)
     assert "SGLRP" in text and "Summary" in text
+    assert "Relevance-CAM @ features.26" in text
+    assert "Relevance-CAM (middle layer) @ features.19" in text
+    # the Random baseline's expected value: a row where it has a closed form, a note for all
+    for entry in data["metrics"].values():
+        chance = entry["random_expectation"]
+        closed = entry["metric"] in CLOSED_FORM
+        assert chance["closed_form"] == closed and (chance["mean"] is not None) == closed
+        assert chance["explanation"] in text
+    assert text.count(findings.EXPECTED_LABEL) >= len(CLOSED_FORM) + len(data["metrics"])
     for key in ("extended_pointing_game", "patch_masking", "patch_masking_second"):
         assert (out / plots.PLOTS[key][0]).is_file()
     assert (out / "comparison_grid.png").is_file()
@@ -157,6 +171,16 @@ def _fake_data() -> dict:
         "levels": None,
         "methods": {"sglrp": stats(30.0), "guided_gradcam": stats(40.0), "random": stats(50.0)},
     }
+    epg["random_expectation"] = {
+        "explanation": "share of the image inside the target's boxes",
+        "closed_form": True,
+        **stats(0.21),
+    }
+    drop["random_expectation"] = {
+        "explanation": "no closed form; estimated by the Random row",
+        "closed_form": False,
+        "mean": None,
+    }
     for e in (epg, drop):
         sign = -1 if e["direction"] == "higher" else 1
         e["ranking"] = sorted(e["methods"], key=lambda m: sign * e["methods"][m]["mean"])
@@ -180,6 +204,14 @@ def test_summary_is_written_from_the_numbers():
     assert "best Guided Grad-CAM 0.550" in text
     assert "SGLRP wins: Average drop (%)" in text  # lower is better: 30 beats 40
     assert "above Guided Grad-CAM's at E = 0.8-1" in text
+    assert "Methods worse than a uniformly random map's expected score" not in text
+    low = copy.deepcopy(data)
+    low["metrics"]["extended_pointing_game"]["random_expectation"]["mean"] = 0.52
+    text = " ".join(findings.summary_paragraphs(low))
+    assert (
+        "Methods worse than a uniformly random map's expected score: Extended pointing game "
+        "(pointing accuracy) (chance 0.520: SGLRP 0.500)." in text
+    )
 
     flipped = copy.deepcopy(data)
     for m, v in (("sglrp", 45.0), ("guided_gradcam", 35.0)):
@@ -194,19 +226,25 @@ def test_summary_is_written_from_the_numbers():
     parser.feed(page)
     assert parser.tables == 3  # winners + one per measure
     assert "Average drop (%)" in page and "&#9733;" in page
+    # the expected row: in the pointing game's table (the same at every level), not the drop's
+    assert page.count("<tr class='expected'>") == 1
+    row = page[page.index("<tr class='expected'>") :].split("</tr>")[0]
+    assert row.count("<td>0.210</td>") == 1 + 5  # the mean and five levels (no subsets here)
+    assert "Random, expected: no closed form; estimated by the Random row." in page
 
 
 def test_markdown_summary_marks_the_best_and_shows_curves():
     data = _fake_data()
     text = report.render_markdown(data)
     lines = text.splitlines()
-    assert "| measure | better | SGLRP | Guided Grad-CAM | Random |" in lines
+    assert "| measure | better | SGLRP | Guided Grad-CAM | Random | Random, expected |" in lines
     # higher is better for pointing, lower for the drop: the bold cell follows the direction
     assert (
-        "| Extended pointing game (pointing accuracy) | higher | 0.500 | **0.550** | 0.200 |"
-        in lines
+        "| Extended pointing game (pointing accuracy) | higher | 0.500 | **0.550** | 0.200 "
+        "| 0.210 |" in lines
     )
-    assert "| Average drop (%) | lower | **30.0** | 40.0 | 50.0 |" in lines
+    assert "| Average drop (%) | lower | **30.0** | 40.0 | 50.0 | n/a |" in lines
+    assert "- Average drop (%): no closed form; estimated by the Random row." in lines
     assert "| method | E=0.2 | E=0.4 | E=0.6 | E=0.8 | E=1 |" in lines
     assert "| SGLRP | 0.4000 | 0.4500 | 0.5000 | 0.5500 | 0.6000 |" in lines
     assert "- SGLRP wins: Average drop (%)." in lines
@@ -236,6 +274,13 @@ def test_reproduce_on_several_models_writes_a_comparison(tmp_path, capsys):
     assert summary == compare.render_comparison_markdown(
         results, "2 images per split for each model."
     )
+    note = (
+        "Layers of the CAM methods per model: shapes_vgg: Guided Grad-CAM @ features.26, "
+        "Relevance-CAM @ features.26, Relevance-CAM (middle layer) @ features.19; "
+        "shapes_resnet: Guided Grad-CAM @ layer4, Relevance-CAM @ layer4, Relevance-CAM "
+        "(middle layer) @ layer2."
+    )
+    assert note in summary and note in " ".join(" ".join(page.text).split())
     entry = results["shapes_resnet"]["metrics"]["extended_pointing_game"]
     best = entry["best"]
     cell = findings.number(entry["methods"][best]["mean"], findings.digits(entry))

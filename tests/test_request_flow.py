@@ -50,15 +50,15 @@ class Counter:
 @pytest.mark.parametrize("name", methods.available())
 def test_forward_passes_per_call(name: str, target: object) -> None:
     """One forward pass per call, whatever the number of targets, except guided Grad-CAM
-    (two: its two gradients need differently built ReLU backwards) and the random baseline
-    (none)."""
+    (two: its two gradients need differently built ReLU backwards), Relevance-CAM at the
+    middle layer (two: one no-grad pass finds the layer) and the random baseline (none)."""
     model = attention_net() if methods.get(name).family == "attention" else net()
     counter = Counter(model)
     x = torch.rand(2, 3, 8, 8)
     sglrp.explain(model, x, target, method=name)
     counter.handle.remove()
     assert counter.calls == methods.get(name).forward_passes
-    expected = {"guided_gradcam": 2, "random": 0}.get(name, 1)
+    expected = {"guided_gradcam": 2, "relevance_cam_mid": 2, "random": 0}.get(name, 1)
     assert methods.get(name).forward_passes == expected
 
 

@@ -294,3 +294,52 @@ def test_units_are_split_by_classes_in_the_image_and_second_class_presence():
     assert [u["second_present"] for u in second] == [True, False, False]
     assert [u["second_absent"] for u in second] == [False, True, True]
     assert [u["multi_object"] for u in second] == [True, False, True]
+
+
+def test_random_row_is_within_sampling_error_of_its_stated_expectation(random_model):
+    """On 40 generated images the Random row of each localisation measure differs from the
+    stated expectation (the per-unit closed form, :func:`sglrp.metrics.random_expectation`)
+    by less than 4 standard errors of the paired difference (for relevance mass, rank and the
+    extended pointing game those intervals are narrower than 0.01)."""
+    from sglrp.metrics import aggregate
+
+    metrics = [
+        "extended_pointing_game",
+        "pointing_game",
+        "relevance_mass_accuracy",
+        "relevance_rank_accuracy",
+    ]
+    cfg = config.EvalConfig(methods=("random",), metrics=tuple(metrics))
+    source = sources.open_data("builtin", 20, 0, random_model)
+    plan = sources.batches(len(source), 10)
+    records = {
+        b: runner.compute_batch(random_model, source, idx, cfg, ["random"], metrics, b)
+        for b, idx in enumerate(plan)
+    }
+    s = summary.summarize(records, ["random"], metrics, CLASSES)
+    units = sum(len(r["units"]["gt"]["target"]) for r in records.values())
+    for key in metrics:
+        measured = [v for r in records.values() for v in r["scores"][key]["random"]]
+        expected = [v for r in records.values() for v in r["expected"][key]]
+        assert len(measured) == len(expected) == units > 40
+        diff = aggregate([a - b for a, b in zip(measured, expected, strict=True)])
+        chance = s[key]["random_expectation"]
+        assert chance["closed_form"] and chance["n"] == units
+        assert math.isclose(chance["mean"], sum(expected) / units)
+        gap = s[key]["methods"]["random"]["mean"] - chance["mean"]
+        assert math.isclose(gap, diff.mean, rel_tol=0, abs_tol=1e-12)
+        assert abs(diff.mean) < 4 * diff.half_width / 1.96, key
+        sub = chance["subsets"]
+        assert sub["single_object"]["n"] + sub["multi_object"]["n"] == units
+    # the pointing game's chance is the share of the object dilated by the tolerance
+    shares = [v for r in records.values() for v in r["expected"]["relevance_rank_accuracy"]]
+    pointing = [v for r in records.values() for v in r["expected"]["pointing_game"]]
+    assert all(p > a for p, a in zip(pointing, shares, strict=True))
+    # a mass or rank score off by 0.01 would be detected: the intervals are narrower
+    for key in ("relevance_mass_accuracy", "relevance_rank_accuracy", "extended_pointing_game"):
+        measured = [v for r in records.values() for v in r["scores"][key]["random"]]
+        expected = [v for r in records.values() for v in r["expected"][key]]
+        assert aggregate([a - b for a, b in zip(measured, expected, strict=True)]).half_width < 0.01
+    no_form = summary._expectation("deletion", None, [])
+    assert not no_form["closed_form"] and no_form["mean"] is None
+    assert "estimated by the Random row" in no_form["explanation"]

@@ -22,6 +22,7 @@ from ..data import to_tensor
 from ..loading import ModelBundle
 from ..methods import get
 from ..metrics import (
+    CLOSED_FORM,
     average_drop,
     boxes_to_masks,
     deletion,
@@ -29,6 +30,7 @@ from ..metrics import (
     insertion,
     patch_masking,
     pointing_game,
+    random_expectation,
     relevance_mass_accuracy,
     relevance_rank_accuracy,
     second_most_probable,
@@ -46,6 +48,7 @@ __all__ = [
     "batch_seed",
     "compute_batch",
     "display_maps",
+    "expected_scores",
     "explain_relevance",
 ]
 
@@ -207,6 +210,18 @@ def _insertion(u: Units, r: Tensor, empty: Tensor) -> dict[str, Scored]:
     return {"insertion": Scored.of(res, True)}
 
 
+def expected_scores(u: Units) -> dict[str, list]:
+    """Per ground-truth unit, a uniformly random map's expected score on each chosen measure
+    that has one in closed form (:func:`sglrp.metrics.random_expectation`): the boxes' area
+    share for the extended pointing game, the share within the tolerance of the object for
+    the pointing game, the object's area share for relevance mass and rank accuracy."""
+    masks = {"extended_pointing_game": u.box}  # the SGLRP protocol points at boxes
+    return {
+        metric: clean(random_expectation(metric, masks.get(metric, u.obj), u.tolerance))
+        for metric in sorted(CLOSED_FORM & u.chosen)
+    }
+
+
 def _patch_masking(
     model: nn.Module, x: Tensor, maps: Mapping[str, Tensor], t: Tensor, cfg: EvalConfig
 ) -> dict[str, Scored]:
@@ -252,8 +267,10 @@ def compute_batch(
     dict
         ``batch``, ``images`` (ids), ``units`` (per kind: image, target, prob, predicted),
         ``scores`` (measure -> method -> per-unit score) and ``curves`` (measure -> method
-        -> per-unit curve) for the measures that have levels, ``levels``, and ``empty``
-        (method -> per ground-truth unit: the map has no positive relevance).
+        -> per-unit curve) for the measures that have levels, ``levels``, ``expected``
+        (measure -> per ground-truth unit: a uniformly random map's expected score, for the
+        measures with a closed form) and ``empty`` (method -> per ground-truth unit: the map
+        has no positive relevance).
     """
     samples = [source.load(i) for i in indices]
     x = to_tensor([s.image for s in samples], bundle.mean, bundle.std).to(device)
@@ -314,6 +331,7 @@ def compute_batch(
             cfg,
             chosen,
         )
+        record["expected"] = expected_scores(units)
         record["empty"] = {}
         for m, v in maps.items():
             r = v[:u]

@@ -21,13 +21,14 @@ from typing import Any
 
 from ..atomic import write_text
 from .config import EvalConfig
-from .findings import digits, label, number
+from .findings import digits, label, method_name, number
 from .reproduce import reproduce
 
 __all__ = [
     "MIN_IMAGES",
     "collapse_depths",
     "images_per_model",
+    "layers_note",
     "ranking",
     "render_comparison_html",
     "render_comparison_markdown",
@@ -116,6 +117,16 @@ def _cells(
     return cells
 
 
+def layers_note(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """Per model, the layers of the methods that work at one layer ("" if none)."""
+    per_model = [
+        f"{model}: " + ", ".join(method_name(data, m) for m in data.get("method_layers", {}))
+        for model, data in results.items()
+        if data.get("method_layers")
+    ]
+    return "Layers of the CAM methods per model: " + "; ".join(per_model) + "." if per_model else ""
+
+
 def ranking(results: Mapping[str, Mapping[str, Any]], key: str) -> dict[str, list[str]]:
     """Per model, the methods of measure ``key`` best first."""
     return {model: list(data["metrics"][key].get("ranking", [])) for model, data in results.items()}
@@ -125,6 +136,8 @@ def render_comparison_markdown(results: Mapping[str, Mapping[str, Any]], note: s
     """``summary.md`` of a multi-model reproduction: a methods x models table per measure."""
     models, methods = list(results), _methods(results)
     lines = [f"# Comparison of {len(methods)} methods on {len(models)} models", "", note, ""]
+    if layers_note(results):
+        lines += [layers_note(results), ""]
     for key, entry in _measures(results):
         lines += [f"## {entry['title']} ({entry['direction']} is better)", ""]
         lines += ["| method | " + " | ".join(models) + " |", "|" + " --- |" * (len(models) + 1)]
@@ -197,7 +210,9 @@ def render_comparison_html(
         f"<h1>{len(methods)} methods on {len(models)} models</h1>",
         f"<p>{esc(note)}"
         + (f" Run time {seconds:.0f} s." if seconds is not None else "")
-        + " Bold: the best method of each model on the measure.</p>",
+        + " Bold: the best method of each model on the measure. "
+        + esc(layers_note(results))
+        + "</p>",
         "<p>Per-model reports: "
         + ", ".join(f"<a href='{esc(m)}/index.html'>{esc(m)}</a>" for m in models)
         + "</p>",

@@ -20,6 +20,7 @@ __all__ = [
     "MEASURES",
     "METRIC_NAMES",
     "PAPER_METHODS",
+    "REPRODUCE_METHODS",
     "TRANSFORMER_METHODS",
     "EvalConfig",
     "Measure",
@@ -37,6 +38,9 @@ DEFAULT_METHODS: tuple[str, ...] = (*PAPER_METHODS, "random")
 #: attention rollout (Abnar & Zuidema 2020), gradient-weighted rollout (Chefer et al. 2021)
 #: and Grad-CAM on the last block's patch tokens.
 TRANSFORMER_METHODS: tuple[str, ...] = ("attention_rollout", "gradient_rollout", "vit_gradcam")
+#: ``sglrp reproduce``'s methods: also Relevance-CAM at the network's middle stage
+#: (``relevance_cam_mid``), beside ``relevance_cam`` at the last convolution's activation.
+REPRODUCE_METHODS: tuple[str, ...] = (*PAPER_METHODS, "relevance_cam_mid", "random")
 
 #: Metric names accepted by ``--metrics`` (the keys of ``sglrp.metrics.METRICS``).
 METRIC_NAMES: tuple[str, ...] = (

@@ -13,10 +13,12 @@ from typing import Any
 from .config import method_label as label
 
 __all__ = [
+    "EXPECTED_LABEL",
     "SUBSETS",
     "curve_means",
     "digits",
     "label",
+    "method_name",
     "number",
     "subset_best",
     "summary_paragraphs",
@@ -34,12 +36,22 @@ SUBSETS = (
     ("second_absent", "2nd class absent"),
 )
 
+#: Name of the row (column) of a uniformly random map's expected score in the tables.
+EXPECTED_LABEL = "Random, expected"
+
 
 def number(v: float | None, digits: int = 3) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "n/a"
     text = f"{v:.{digits}f}"
     return text[1:] if text.startswith("-") and not text.strip("-0.") else text
+
+
+def method_name(data: Mapping[str, Any], method: str) -> str:
+    """A method's label with the layer it used (``"Relevance-CAM @ layer4"``) when
+    ``metrics.json`` names one (``method_layers``)."""
+    layer = data.get("method_layers", {}).get(method)
+    return f"{label(method)} @ {layer}" if layer else label(method)
 
 
 def digits(entry: Mapping[str, Any]) -> int:
@@ -132,6 +144,30 @@ def summary_paragraphs(data: Mapping[str, Any]) -> list[str]:
             "among several objects) the winner changes: " + "; ".join(multi_wins) + "."
         )
     out.extend(_paper_checks(metrics, methods))
+    below = []
+    for e in metrics.values():
+        chance = (e.get("random_expectation") or {}).get("mean")
+        if chance is None:
+            continue
+        worse = [
+            m
+            for m in methods
+            if m != "random"
+            and e["methods"].get(m, {}).get("mean") is not None
+            and (
+                e["methods"][m]["mean"] < chance
+                if e["direction"] == "higher"
+                else e["methods"][m]["mean"] > chance
+            )
+        ]
+        if worse:
+            d = digits(e)
+            names = ", ".join(f"{label(m)} {number(e['methods'][m]['mean'], d)}" for m in worse)
+            below.append(f"{e['title']} (chance {number(chance, d)}: {names})")
+    if below:
+        out.append(
+            "Methods worse than a uniformly random map's expected score: " + "; ".join(below) + "."
+        )
     if "random" in methods:
         first, behind = [], []
         for e in metrics.values():

@@ -18,7 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_text
-from .findings import SUBSETS, curve_means, digits, label, number, subset_best, summary_paragraphs
+from .findings import (
+    EXPECTED_LABEL,
+    SUBSETS,
+    curve_means,
+    digits,
+    label,
+    method_name,
+    number,
+    subset_best,
+    summary_paragraphs,
+)
 from .plots import PLOTS
 
 __all__ = ["render_html", "render_markdown", "winners_table", "write_report"]
@@ -61,7 +71,9 @@ def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def _table(key: str, entry: Mapping[str, Any], methods: Sequence[str]) -> str:
+def _table(
+    key: str, entry: Mapping[str, Any], methods: Sequence[str], names: Mapping[str, str]
+) -> str:
     d = digits(entry)
     better = "higher" if entry["direction"] == "higher" else "lower"
     levels = entry.get("levels") or []
@@ -97,7 +109,7 @@ def _table(key: str, entry: Mapping[str, Any], methods: Sequence[str]) -> str:
         if st is None:
             continue
         is_best = m == entry.get("best")
-        name = html.escape(label(m)) + (" &#9733;" if is_best else "")
+        name = html.escape(names.get(m, label(m))) + (" &#9733;" if is_best else "")
         ci = f"{number(st['mean'], d)} [{number(st['low'], d)}, {number(st['high'], d)}]"
         cells = [f"<td>{name}</td>", f"<td>{ci}</td>", f"<td>{st['n']}</td>"]
         for k, _ in subsets:
@@ -111,12 +123,16 @@ def _table(key: str, entry: Mapping[str, Any], methods: Sequence[str]) -> str:
             )
         cls = " class='bestrow'" if is_best else ""
         body.append(f"<tr{cls}>{''.join(cells)}</tr>")
+    body.extend(_expected_row(entry, [k for k, _ in subsets], show, d))
     note = f"{html.escape(entry['score'])}; {better} is better."
     if subsets:
         note += (
             " Subset columns: means over the units of images with that many classes, and for "
             "the second-class measures over units whose second class is in / not in the image."
         )
+    chance = entry.get("random_expectation")
+    if chance:
+        note += f" {EXPECTED_LABEL}: {html.escape(chance['explanation'])}."
     if show:
         note += f" Columns on the right: mean at each {html.escape(entry['level_name'] or '')}."
     if entry.get("best") and entry.get("runner_up") and "best_vs_runner_up" in entry:
@@ -133,6 +149,25 @@ def _table(key: str, entry: Mapping[str, Any], methods: Sequence[str]) -> str:
     )
 
 
+def _expected_row(
+    entry: Mapping[str, Any], subsets: Sequence[str], show: Sequence[int], d: int
+) -> list[str]:
+    """The table row of a uniformly random map's expected score (none without a closed form).
+
+    The extended pointing game's expectation is the same at every energy level."""
+    chance = entry.get("random_expectation") or {}
+    if chance.get("mean") is None:
+        return []
+    cells = [f"<td><i>{EXPECTED_LABEL}</i></td>", f"<td>{number(chance['mean'], d)}</td>"]
+    cells.append(f"<td>{chance['n']}</td>")
+    cells += [
+        f"<td>{number(chance.get('subsets', {}).get(k, {}).get('mean'), d)}</td>" for k in subsets
+    ]
+    constant = entry.get("metric") == "extended_pointing_game"
+    cells += [f"<td>{number(chance['mean'] if constant else None, d)}</td>" for _ in show]
+    return [f"<tr class='expected'>{''.join(cells)}</tr>"]
+
+
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;
 max-width:1150px;padding:0 1em;color:#222;line-height:1.45}
@@ -144,6 +179,7 @@ th:first-child,td:first-child{text-align:left}
 table.text td,table.text th{text-align:left}
 th{background:#f2f2f2}tr.bestrow td:first-child{font-weight:bold}
 td.best{font-weight:bold;background:#e8f4e8}
+tr.expected td{color:#555;background:#fafafa}
 .note{font-size:.85em;color:#555;margin-top:.2em}
 .meta{color:#555;font-size:.9em}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
@@ -180,7 +216,7 @@ def render_html(
         f"Model <b>{esc(str(data.get('model')))}</b>; data <b>{esc(str(settings.get('data')))}"
         f"</b> ({data.get('n_images')} images, {data['n_units'].get('gt', 0)} image-target "
         f"units, {data['n_units'].get('second', 0)} second-target units); methods: "
-        f"{esc(', '.join(label(m) for m in methods))}.",
+        f"{esc(', '.join(method_name(data, m) for m in methods))}.",
     ]
     if acc_text:
         parts.append(f"<br>Classifier: {esc(acc_text)}.")
@@ -211,6 +247,7 @@ def render_html(
             "SGLRP wins",
             "SGLRP does not win",
             "Methods scoring worse than Random",
+            "Methods worse than a uniformly random map's expected score",
             "On multi-object images alone (where an explanation must pick out the target "
             "among several objects) the winner changes",
         )
@@ -252,8 +289,9 @@ def render_html(
         "<h2>Tables</h2><p>&#9733; marks the best method of each measure (by its "
         "direction); a green cell the best at that level.</p>"
     )
+    names = {m: method_name(data, m) for m in methods}
     for key, entry in data["metrics"].items():
-        parts.append(_table(key, entry, methods))
+        parts.append(_table(key, entry, methods, names))
 
     proto = data.get("protocol", {})
     parts.append("<h2>Protocol</h2><ul>")
@@ -318,14 +356,25 @@ def render_markdown(data: Mapping[str, Any]) -> str:
         for m in methods:
             text = number(e["methods"].get(m, {}).get("mean"), d)
             cells.append(f"**{text}**" if m == e.get("best") else text)
-        rows.append([e["title"], e["direction"], *cells])
-    lines += _md_table(["measure", "better", *(label(m) for m in methods)], rows)
+        chance = (e.get("random_expectation") or {}).get("mean")
+        rows.append([e["title"], e["direction"], *cells, number(chance, d)])
+    names = [method_name(data, m) for m in methods]
+    lines += _md_table(["measure", "better", *names, EXPECTED_LABEL], rows)
     n_units = data.get("n_units", {})
     lines += [
         "",
         f"Means over units, bold = best. {data.get('n_images', '?')} images; "
         + ", ".join(f"{v} {k} units" for k, v in n_units.items())
         + ". Confidence intervals: metrics.json and index.html.",
+        "",
+        f"{EXPECTED_LABEL}: what a uniformly random map is expected to score, from the ground "
+        "truth of these units (n/a: no closed form, the Random column estimates it):",
+        "",
+        *(
+            f"- {e['title']}: {e['random_expectation']['explanation']}."
+            for e in metrics.values()
+            if e.get("random_expectation")
+        ),
     ]
     for e in metrics.values():
         if e.get("levels") and any("curve" in st for st in e["methods"].values()):

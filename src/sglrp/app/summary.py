@@ -10,12 +10,26 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from .._guard import preserved
 from ..atomic import atomic_open
 from ..loading import ModelBundle
-from ..metrics import aggregate
+from ..methods import available, get
+from ..metrics import CLOSED_FORM, RANDOM_EXPECTATIONS, aggregate
 from .config import CONFIDENCE_KEEP_TOP, EvalConfig, measures_for, method_label
 
-__all__ = ["metrics_document", "model_accuracy", "summarize", "write_csv"]
+__all__ = [
+    "EXPECTED_ROW",
+    "method_layers",
+    "metrics_document",
+    "model_accuracy",
+    "summarize",
+    "write_csv",
+]
+
+#: Method column of the expected-random rows in ``metrics.csv``.
+EXPECTED_ROW = "random_expected"
 
 
 def _agg_dict(values: Sequence[float | None]) -> dict[str, Any]:
@@ -55,7 +69,9 @@ def summarize(
     when its interval excludes 0), and ``subsets``: the aggregates over the units of images
     with 1, 2, 3+ and 2+ classes (where class discrimination matters) and, for the
     second-class measures, over units whose second class is present in / absent from the
-    image.
+    image; ``random_expectation``: what a uniformly random map is expected to score (mean
+    over the same units of the per-unit closed form, with its subsets, or ``mean`` None and
+    an explanation where only the Random row estimates it).
     """
     ordered = [records[b] for b in sorted(records)]
     result: dict[str, Any] = {}
@@ -65,6 +81,7 @@ def summarize(
         curves: dict[str, list] = {m: [] for m in methods}
         targets: list[int] = []
         membership: list[dict[str, bool]] = []
+        expected: list[float | None] | None = []
         levels = None
         for rec in ordered:
             scores = rec.get("scores", {}).get(meas.key, {})
@@ -74,6 +91,11 @@ def summarize(
             if scores:
                 targets.extend(rec["units"][kind]["target"])
                 membership.extend(_subsets_of_units(rec["units"], kind))
+                chance = rec.get("expected", {}).get(meas.key)
+                if expected is not None and chance is not None:
+                    expected.extend(chance)
+                else:  # a batch without it (a run from before it existed): none at all
+                    expected = None
             levels = rec.get("levels", {}).get(meas.key, levels)
         entry: dict[str, Any] = {
             "metric": meas.metric,
@@ -100,6 +122,7 @@ def summarize(
                     for name in membership[0]
                 }
             entry["methods"][m] = stats
+        entry["random_expectation"] = _expectation(meas.metric, expected, membership)
         order = _best(meas.direction, {m: entry["methods"][m]["mean"] for m in methods})
         entry["ranking"] = order
         entry["best"] = order[0] if entry["methods"][order[0]]["mean"] is not None else None
@@ -116,6 +139,27 @@ def summarize(
             )
         result[meas.key] = entry
     return result
+
+
+def _expectation(
+    metric: str, values: Sequence[float | None] | None, membership: Sequence[Mapping[str, bool]]
+) -> dict[str, Any]:
+    """A uniformly random map's expected score on one measure: the explanation
+    (:data:`sglrp.metrics.RANDOM_EXPECTATIONS`), and for a closed form the mean over units of
+    the per-unit expectations, with the subsets; ``mean`` None where only the Random row
+    estimates it."""
+    out: dict[str, Any] = {
+        "explanation": RANDOM_EXPECTATIONS.get(metric, "not stated"),
+        "closed_form": metric in CLOSED_FORM,
+    }
+    if not values or len(values) != len(membership):
+        return {**out, "mean": None}
+    out.update(_agg_dict(values))
+    out["subsets"] = {
+        name: _agg_dict([v for v, u in zip(values, membership, strict=True) if u[name]])
+        for name in membership[0]
+    }
+    return out
 
 
 def _subsets_of_units(units: Mapping[str, Any], kind: str) -> list[dict[str, bool]]:
@@ -175,7 +219,9 @@ def _fmt(v: float | None) -> str:
 
 
 def write_csv(path: Path, metrics: Mapping[str, Any]) -> Path:
-    """One row per measure, method and level (``level`` empty for the summary score)."""
+    """One row per measure, method and level (``level`` empty for the summary score), and
+    per measure with a closed-form chance level a row ``random_expected``: a uniformly random
+    map's expected score (its interval is over the units' expectations)."""
     fields = ["measure", "target", "direction", "method", "level", "mean", "ci_low", "ci_high"]
     fields += ["n", "n_excluded", "best"]
     with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
@@ -190,7 +236,33 @@ def write_csv(path: Path, metrics: Mapping[str, Any]) -> Path:
                 for lv, c in zip(entry["levels"] or [], st.get("curve", []), strict=False):
                     row = [_fmt(c["mean"]), _fmt(c["low"]), _fmt(c["high"]), c["n"]]
                     writer.writerow([*base, lv, *row, c["n_excluded"], ""])
+            chance = entry.get("random_expectation", {})
+            if chance.get("mean") is not None:
+                base = [key, entry["target"], entry["direction"], EXPECTED_ROW]
+                row = [_fmt(chance["mean"]), _fmt(chance["low"]), _fmt(chance["high"])]
+                writer.writerow([*base, "", *row, chance["n"], chance["n_excluded"], 0])
     return path
+
+
+def method_layers(bundle: ModelBundle, methods: Sequence[str]) -> dict[str, str]:
+    """The layer each method that works at one layer uses on the bundle's model (its
+    registered ``layer_rule`` on a zero input of the model's size; the layers depend on the
+    architecture, not on the image)."""
+    rules = {m: get(m).layer_rule for m in methods if m in available()}
+    rules = {m: r for m, r in rules.items() if r is not None}
+    if not rules:
+        return {}
+    param = next(iter(bundle.model.parameters()), None)
+    x = torch.zeros(
+        1,
+        len(bundle.mean),
+        bundle.size,
+        bundle.size,
+        dtype=param.dtype if param is not None else torch.float32,
+        device=param.device if param is not None else "cpu",
+    )
+    with preserved(bundle.model):
+        return {m: rule(bundle.model, x) for m, rule in rules.items()}
 
 
 def metrics_document(
@@ -218,6 +290,7 @@ def metrics_document(
         "classes": list(bundle.classes),
         "methods": list(methods),
         "method_labels": {m: method_label(m) for m in methods},
+        "method_layers": method_layers(bundle, methods),
         "n_images": sum(len(r["images"]) for r in records.values()),
         "n_units": n_units,
         "protocol": {
@@ -229,6 +302,9 @@ def metrics_document(
             "patch_baseline": "dataset mean (0 in normalised space)",
             "confidence_keep_top": CONFIDENCE_KEEP_TOP,
             "deletion_steps": cfg.steps,
+            "random_expected": "a uniformly random map's expected score per measure "
+            "(metrics.<measure>.random_expectation): computed per unit from the ground truth "
+            "where it has a closed form, otherwise estimated by the Random row",
         },
         "metrics": summary,
         "timing": {"seconds": round(seconds, 2), "batches": len(records), "reused": reused},

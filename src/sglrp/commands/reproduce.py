@@ -9,7 +9,7 @@ import argparse
 from dataclasses import replace
 
 from ..app.compare import reproduce_models
-from ..app.config import DEFAULT_METHODS, METRIC_NAMES, EvalConfig
+from ..app.config import METRIC_NAMES, REPRODUCE_METHODS, EvalConfig
 from ..app.reproduce import FULL, QUICK, reproduce
 from ..loading import SHIPPED
 from .options import add_run_options, check_compute, check_out
@@ -21,8 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "reproduce",
         help="run the paper's comparison and write an HTML report",
         description=(
-            "Evaluate LRP, CLRP, SGLRP, Guided Grad-CAM, Relevance-CAM and Random with every "
-            "metric and write OUT/index.html (self-contained) and OUT/metrics.json. "
+            "Evaluate LRP, CLRP, SGLRP, Guided Grad-CAM, Relevance-CAM (at the last and at a "
+            "middle layer) and Random with every metric and write OUT/index.html "
+            "(self-contained) and OUT/metrics.json. "
             f"Default: {FULL['n']} multi- and {FULL['n']} single-object images; --quick: "
             f"{QUICK['n']} of each. Without --model every shipped model "
             f"({', '.join(SHIPPED)}) is evaluated, sharing that budget, into OUT/<model>/, "
@@ -61,7 +62,7 @@ def main(args: argparse.Namespace) -> int:
         labels=args.labels,
         random_weights=args.random_weights,
         data=args.data,
-        methods=DEFAULT_METHODS,
+        methods=REPRODUCE_METHODS,
         metrics=METRIC_NAMES,
         n=preset["n"] if args.n is None else args.n,
         batch_size=args.batch_size,

@@ -9,7 +9,8 @@ family              methods
 lrp                 ``lrp``, ``clrp``, ``sglrp`` (options ``rules``, ``bounds``, ``epsilon``;
                     ``variant`` for SGLRP)
 gradient            ``gradient``, ``input_x_gradient``, ``guided_backprop``, ``deconvnet``
-cam                 ``gradcam``, ``guided_gradcam``, ``relevance_cam`` (option ``layer``)
+cam                 ``gradcam``, ``guided_gradcam``, ``relevance_cam`` (option ``layer``),
+                    ``relevance_cam_mid`` (Relevance-CAM at :func:`middle_layer`)
 attention           ``attention_rollout``, ``gradient_rollout``, ``vit_gradcam`` (transformers;
                     option ``layer`` for ``vit_gradcam``)
 baseline            ``random`` (option ``seed``)
@@ -23,7 +24,17 @@ from .lrp import SGLRP_VARIANTS, clrp, lrp, sglrp
 
 # isort: split
 from .attention_maps import attention_rollout, gradient_rollout, vit_gradcam
-from .cam import LayerChain, capture_layer, default_layer, gradcam, guided_gradcam, relevance_cam
+from .cam import (
+    LayerChain,
+    capture_layer,
+    default_layer,
+    gradcam,
+    guided_gradcam,
+    last_layer,
+    middle_layer,
+    relevance_cam,
+    relevance_cam_mid,
+)
 from .gradient import gradient, input_gradient, input_x_gradient
 from .guided import ReluOverride, deconvnet, guided_backprop
 from .random_baseline import random_map
@@ -49,11 +60,14 @@ __all__ = [
     "guided_gradcam",
     "input_gradient",
     "input_x_gradient",
+    "last_layer",
     "lrp",
     "methods",
+    "middle_layer",
     "random_map",
     "register",
     "relevance_cam",
+    "relevance_cam_mid",
     "sglrp",
     "unregister",
     "vit_gradcam",

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._guard import HookSet
-from ..feature_layer import LayerChain
+from ..feature_layer import LayerChain, feature_layers
 from ..presets import Bounds
 from ..propagation import DEFAULT_LAYER, RulesSpec, propagate
 from ..propagation.output import OutputRelevanceSpec
@@ -32,7 +32,15 @@ from .gradient import input_gradient, per_target, stack_targets
 from .guided import ReluOverride
 from .registry import register
 
-__all__ = ["default_layer", "gradcam", "guided_gradcam", "relevance_cam"]
+__all__ = [
+    "default_layer",
+    "gradcam",
+    "guided_gradcam",
+    "last_layer",
+    "middle_layer",
+    "relevance_cam",
+    "relevance_cam_mid",
+]
 
 LayerSpec = str | nn.Module | None
 
@@ -109,6 +117,42 @@ def default_layer(model: nn.Module, x: Tensor) -> tuple[str, Tensor]:
     if chain.name is None:
         raise _no_conv_error()
     return chain.name, logits
+
+
+def last_layer(model: nn.Module, x: Tensor) -> str:
+    """Name of the default CAM layer (:func:`default_layer`), the layer the CAMs use."""
+    return default_layer(model, x)[0]
+
+
+def middle_layer(model: nn.Module, x: Tensor) -> str:
+    """The network's middle stage: the intermediate layer of ``relevance_cam_mid``.
+
+    Rule: the layers of :func:`~sglrp.feature_layer.feature_layers` that run in one no-grad
+    forward pass of ``x`` with an (N, K, h, w) output are grouped by their spatial size
+    (h, w), in order of first appearance: the network's stages from the input. Of ``m``
+    stages the one at index ``m // 2`` is the middle one, and its last output in execution
+    order is the layer. For 64 px inputs: ``layer2`` of :func:`~sglrp.models.shapes_resnet`
+    (stages 64, 32, 16, 8, 4 px: stem, ``layer1`` ... ``layer4``) and ``features.19``, the
+    ReLU ending the 16 px stage, of :func:`~sglrp.models.shapes_vgg`; on 224 px inputs
+    ``features.22`` (conv4_3's ReLU) of VGG16 and ``layer2`` of a ResNet.
+    """
+    names = set(feature_layers(model))
+    order: list[tuple[str, tuple[int, int]]] = []
+    modules = {m: n for n, m in model.named_modules() if n in names}
+
+    def hook(module: nn.Module, args: Any, output: Any) -> None:
+        if isinstance(output, Tensor) and output.ndim == 4 and output.shape[0] == x.shape[0]:
+            order.append((modules[module], tuple(output.shape[-2:])))
+
+    with HookSet() as hooks, torch.no_grad():
+        for module in modules:
+            hooks.add(module.register_forward_hook(hook))
+        model(x.detach().clone())
+    if not order:
+        raise _no_conv_error()
+    stages = list(dict.fromkeys(size for _, size in order))
+    middle = stages[len(stages) // 2]
+    return [name for name, size in order if size == middle][-1]
 
 
 def capture_layer(
@@ -190,6 +234,7 @@ def _upsample_maps(cam: Tensor, size: tuple[int, int]) -> Tensor:
 @register(
     "gradcam",
     label="Grad-CAM",
+    layer_rule=last_layer,
     returns="map",
     family="cam",
     summary="feature maps weighted by their mean gradient, ReLU",
@@ -226,6 +271,7 @@ def gradcam(
 @register(
     "guided_gradcam",
     label="Guided Grad-CAM",
+    layer_rule=last_layer,
     family="cam",
     forward_passes=2,
     summary="guided backprop times upsampled Grad-CAM",
@@ -252,6 +298,7 @@ def guided_gradcam(model: nn.Module, x: Tensor, target: Target, layer: LayerSpec
 @register(
     "relevance_cam",
     label="Relevance-CAM",
+    layer_rule=last_layer,
     returns="map",
     family="cam",
     summary="feature maps weighted by their summed LRP relevance, at any depth",
@@ -336,3 +383,48 @@ def relevance_cam(
         span = cam.amax(dim=dims, keepdim=True) - lo
         cam = torch.where(span > 0, (cam - lo) / span.clamp_min(torch.finfo(cam.dtype).tiny), 0)
     return cam
+
+
+@register(
+    "relevance_cam_mid",
+    label="Relevance-CAM (middle layer)",
+    returns="map",
+    family="cam",
+    forward_passes=2,
+    summary="Relevance-CAM at the network's middle stage (middle_layer)",
+    reference="Lee et al. 2021",
+    layer_rule=middle_layer,
+)
+def relevance_cam_mid(
+    model: nn.Module,
+    x: Tensor,
+    target: Target,
+    output_relevance: OutputRelevanceSpec = "relevance_cam",
+    rules: RulesSpec = "dtd",
+    bounds: Bounds | None = None,
+    epsilon: float | None = None,
+    attention: str | None = None,
+    relu: bool = False,
+    normalize: bool = False,
+    upsample: bool = True,
+) -> Tensor:
+    """Relevance-CAM (:func:`relevance_cam`) at the layer :func:`middle_layer` picks.
+
+    Relevance-CAM's claim is useful maps at intermediate layers too (Lee et al., CVPR
+    2021); this is the evaluation's fixed intermediate depth. One extra no-grad forward
+    pass finds the layer. Options as :func:`relevance_cam`.
+    """
+    return relevance_cam.method.fn(
+        model,
+        x,
+        target,
+        layer=middle_layer(model, x),
+        output_relevance=output_relevance,
+        rules=rules,
+        bounds=bounds,
+        epsilon=epsilon,
+        attention=attention,
+        relu=relu,
+        normalize=normalize,
+        upsample=upsample,
+    )

@@ -38,6 +38,7 @@ __all__ = ["Method", "available", "call", "get", "methods", "register", "unregis
 
 MethodFn = Callable[..., Tensor]
 Returns = Literal["input", "map"]
+LayerRule = Callable[[nn.Module, Tensor], str]
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,9 @@ class Method:
     needs_layers
         False if the method needs nothing but the input gradient, so it also runs on a
         compiled TorchScript model.
+    layer_rule
+        For a method that works at one layer of the model: ``rule(model, x) -> name``, the
+        layer it uses when no ``layer`` is given (reports name it); None otherwise.
     """
 
     name: str
@@ -80,6 +84,7 @@ class Method:
     summary: str = ""
     reference: str = ""
     needs_layers: bool = True
+    layer_rule: LayerRule | None = None
 
     @property
     def takes_rules(self) -> bool:
@@ -119,6 +124,7 @@ def register(
     summary: str = "",
     reference: str = "",
     needs_layers: bool = True,
+    layer_rule: LayerRule | None = None,
     replace: bool = False,
 ) -> Any:
     """Register an explanation method under ``name``; usable as a decorator.
@@ -146,6 +152,7 @@ def register(
             summary=summary,
             reference=reference,
             needs_layers=needs_layers,
+            layer_rule=layer_rule,
             replace=replace,
         )
     if not isinstance(name, str) or not name.isidentifier() or name != name.lower():
@@ -165,6 +172,7 @@ def register(
         summary=summary or (inspect.getdoc(fn) or "").split("\n")[0],
         reference=reference,
         needs_layers=needs_layers,
+        layer_rule=layer_rule,
     )
     _METHODS[name] = record
 

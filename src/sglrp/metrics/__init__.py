@@ -11,6 +11,10 @@ Call conventions (for a runner):
 * model metrics take ``(model, x, maps, target, **options)``: ``patch_masking``,
   ``average_drop``, ``increase_in_confidence``, ``deletion``, ``insertion``.
 
+:func:`random_expectation` gives a uniformly random map's expected score on the localisation
+metrics (the share of the image inside the mask); :data:`RANDOM_EXPECTATIONS` says, for every
+metric, what that chance level is or that only the random baseline estimates it.
+
 ``METRICS`` maps each name to ``(function, direction)``, direction ``"higher"`` or
 ``"lower"`` telling which way is better; ``LOCALISATION_METRICS`` names the first group.
 """
@@ -28,6 +32,7 @@ from ._core import (
     second_most_probable,
     to_2d,
 )
+from .chance import CLOSED_FORM, RANDOM_EXPECTATIONS, area_share, random_expectation
 from .confidence import (
     ConfidenceResult,
     average_drop,
@@ -87,10 +92,12 @@ LOCALISATION_METRICS: frozenset[str] = frozenset(
 )
 
 __all__ = [
+    "CLOSED_FORM",
     "DEFAULT_ENERGIES",
     "DEFAULT_SIZES",
     "LOCALISATION_METRICS",
     "METRICS",
+    "RANDOM_EXPECTATIONS",
     "Aggregate",
     "CollapseCurve",
     "ConfidenceResult",
@@ -101,6 +108,7 @@ __all__ = [
     "RandomisationResult",
     "SwapResult",
     "aggregate",
+    "area_share",
     "average_drop",
     "average_ranks",
     "boxes_to_masks",
@@ -118,6 +126,7 @@ __all__ = [
     "normalise_minmax",
     "patch_masking",
     "pointing_game",
+    "random_expectation",
     "random_logit",
     "random_patch_centres",
     "randomisation_test",

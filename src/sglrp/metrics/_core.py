@@ -67,7 +67,9 @@ def aggregate(scores: Tensor | Sequence[float]) -> Aggregate:
         ``mean +- 1.96 * std / sqrt(n)`` over the non-NaN scores (std with ddof = 1), with
         ``n`` the number used and ``n_excluded`` the number of NaN scores.
     """
-    s = torch.as_tensor(scores).detach().reshape(-1).to(device="cpu", dtype=torch.float64)
+    if not isinstance(scores, Tensor):  # Python floats: float64, not torch's default float32
+        scores = torch.as_tensor(scores, dtype=torch.float64)
+    s = scores.detach().reshape(-1).to(device="cpu", dtype=torch.float64)
     nan = torch.isnan(s)
     s = s[~nan]
     n, excluded = int(s.numel()), int(nan.sum())
