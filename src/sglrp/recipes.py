@@ -60,7 +60,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
     "shapes_resnet": {"epochs": 12, "steps_per_epoch": 175, "model_kwargs": {}},
     "shapes_vit": {
-        "epochs": 12,
+        "epochs": 8,
         "steps_per_epoch": 100,
         "model_kwargs": dict(SHAPES_VIT),
         "init": {
@@ -68,7 +68,7 @@ RECIPES: dict[str, dict[str, Any]] = {
             "sha256": "ca012b96926eafb0edda19437ea99123ea9cef4264ae4f37aa4f645188c6b341",
             "modules": {"conv_proj": "features"},
         },
-        "head_epochs": 8,
+        "head_epochs": 6,
         "init_lr_scale": 0.1,
     },
 }

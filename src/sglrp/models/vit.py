@@ -380,7 +380,7 @@ SHAPES_VIT: dict[str, Any] = {
     "num_heads": 4,
     "hidden_dim": 128,
     "mlp_dim": 256,
-    "stem": [16, 16, "M", 32, 32, "M"],
+    "stem": [16, 16, "M", 32, 32, "M", 64, 64, "M"],
 }
 """Default settings of :func:`shapes_vit` (the shipped weights record theirs in metadata)."""
 
