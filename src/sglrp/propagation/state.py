@@ -252,7 +252,11 @@ class RuleState:
         denominators and its input gradient."""
         x, z, relu = self.deferred
         weight = self.op.weight
-        modifiers = {b.weight for b in self.rule.branches if b.weight is not keep}
+        modifiers = {
+            b.weight
+            for i, b in enumerate(self.rule.branches)
+            if b.weight is not keep and self._branch_active(i)
+        }
         buffers: dict = {}
         total = None
         chunks = self.op._chunks()
