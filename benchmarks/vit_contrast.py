@@ -39,6 +39,8 @@ PLAN: dict[str, list[tuple[str, str, dict]]] = {
     "shapes_vit": [
         *((f"{m} (epsilon-cp)", m, {"rules": "epsilon-cp"}) for m in SIGNED),
         *((f"{m} (epsilon-attnlrp)", m, {"rules": "epsilon-attnlrp"}) for m in SIGNED),
+        # the hybrid stem's convolutions under z+ instead of epsilon (attention still CP)
+        *((f"{m} (epsilon-plus)", m, {"rules": "epsilon-plus"}) for m in SIGNED),
         ("gradient", "gradient", {}),
         ("attention_rollout", "attention_rollout", {}),
         ("gradient_rollout", "gradient_rollout", {}),

@@ -231,3 +231,20 @@ def test_inspect_names_the_attention_treatment() -> None:
 def test_vit_b_16_is_treated_everywhere() -> None:
     report = sglrp.inspect(vit_b_16().eval(), torch.randn(1, 3, 224, 224))
     assert report.ok, report.problems
+
+
+def test_collapse_curve_runs_on_a_vit_and_a_layer_that_never_runs_is_named() -> None:
+    """``nn.MultiheadAttention`` never calls its ``out_proj`` module (it uses the weight):
+    the default layers of the class-collapse curve leave it out, and asking to record it is
+    an error naming it."""
+    from sglrp.metrics import class_collapse
+    from sglrp.propagation import propagate
+
+    model = tiny_vit(zero_bias=False)
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    curve = class_collapse(model, x, rules="epsilon-cp")
+    assert not any(name.endswith("out_proj") for name in curve.layers)
+    assert "heads.head" in curve.layers
+    unused = "encoder.layers.encoder_layer_0.self_attention.out_proj"
+    with pytest.raises(ValueError, match="does not run in the model's forward pass"):
+        propagate(model, x, "predicted", rules="epsilon-cp", record=[unused])

@@ -85,4 +85,12 @@ def _execution_order(model: nn.Module, x: Tensor, names: Sequence[str]) -> list[
 
 
 def _linear_layers(model: nn.Module) -> list[str]:
-    return [name for name, m in model.named_modules() if name and isinstance(m, LINEAR_TYPES)]
+    """Every conv and linear layer whose forward runs: not the ``out_proj`` of an
+    ``nn.MultiheadAttention`` (the attention uses its weight directly, its forward never
+    runs)."""
+    unused = {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    return [
+        name
+        for name, m in model.named_modules()
+        if name and isinstance(m, LINEAR_TYPES) and id(m) not in unused
+    ]

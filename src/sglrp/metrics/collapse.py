@@ -147,11 +147,6 @@ def class_collapse(
         record=names,
         epsilon=epsilon,
     )
-    missing = [name for name in names if name not in result.layer_output]
-    if missing:
-        raise ValueError(
-            f"layer {missing[0]!r} does not run in the model's forward pass; leave it out"
-        )
     order = [*reversed(list(result.layer_output)), "input"]
     columns, degenerate = [], []
     for name in order:

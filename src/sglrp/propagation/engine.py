@@ -288,6 +288,12 @@ class Propagator:
         chosen = {}
         for name in record:
             if name != DEFAULT_LAYER:
+                if name not in it.recorded:
+                    raise ValueError(
+                        f"layer {name!r} does not run in the model's forward pass (its module "
+                        "is never called; e.g. nn.MultiheadAttention uses out_proj's weight "
+                        "directly); record another layer"
+                    )
                 chosen[name] = name
                 continue
             chain = getattr(it, "default_chain", None)
