@@ -4,7 +4,9 @@
   LRP-0 and CP attention sums to zero over the input to 1e-9 of its absolute sum (the shipped
   weights otherwise): what the output relevance sums to (0) reaches the pixels.
 * On held-out two-object images that the model ranks both objects of in its top 2, the SGLRP
-  maps (``epsilon-cp``) for the two present classes differ in sign where the objects are:
+  maps (the model's default preset, ``epsilon-plus`` for this hybrid: z+ on the stem's
+  convolutions, epsilon on the linear layers, CP attention) for the two present classes
+  differ in sign where the objects are:
   the map for class a sums to > 0 on object a's mask and to < 0 on object b's, and the other
   way round for class b.
 """
@@ -19,6 +21,7 @@ from torch import nn
 import sglrp
 from sglrp.data import generate
 from sglrp.models import available_pretrained, pretrained
+from sglrp.presets import default_preset
 
 HELD_OUT_SEED = 777
 
@@ -76,9 +79,10 @@ def test_sglrp_sums_to_zero_on_the_shipped_vit(vit) -> None:
 def test_sglrp_contrasts_the_two_objects(vit) -> None:
     x, classes, masks = _two_object_images(vit, 6)
     bounds = sglrp.bounds_from_normalization(vit.mean, vit.std)
-    r = sglrp.explain(vit.model, x, classes, method="sglrp", rules="epsilon-cp", bounds=bounds).sum(
-        2
-    )  # (N, 2 targets, H, W)
+    rules = default_preset(vit.model)
+    assert rules == "epsilon-plus"
+    r = sglrp.explain(vit.model, x, classes, method="sglrp", rules=rules, bounds=bounds)
+    r = r.sum(2)  # (N, 2 targets, H, W)
     on = torch.einsum("nkhw,nohw->nko", r, masks.double().to(r.dtype))  # target k, object o
     own = on.diagonal(dim1=1, dim2=2)  # (N, 2): each target's map on its own object
     other = on.flip(2).diagonal(dim1=1, dim2=2)  # on the other object
@@ -90,7 +94,7 @@ def test_maps_differ_from_lrp(vit) -> None:
     """LRP's map for the two classes is nearly the same; SGLRP's are not (its contrast)."""
     x, classes, _ = _two_object_images(vit, 4)
     bounds = sglrp.bounds_from_normalization(vit.mean, vit.std)
-    options = {"rules": "epsilon-cp", "bounds": bounds}
+    options = {"rules": default_preset(vit.model), "bounds": bounds}
     s = sglrp.explain(vit.model, x, classes, method="sglrp", **options).sum(2).flatten(2)
     cos = nn.functional.cosine_similarity(s[:, 0], s[:, 1], dim=1)
     assert (cos < 0).all(), cos.tolist()

@@ -78,8 +78,8 @@ def explain_relevance(
     """Relevance of one method as the runner computes it, (U, C, H, W) or (U, 1, H, W).
 
     LRP methods use the Z^B bounds of the model's normalisation and the rules of
-    :func:`sglrp.presets.default_preset` (``epsilon-cp`` on transformers, else the paper's
-    ``dtd``); ``random`` uses ``seed``;
+    :func:`sglrp.presets.default_preset` (the paper's ``dtd`` on CNNs, ``epsilon-cp`` on
+    ViTs, ``epsilon-plus`` on hybrid ViTs); ``random`` uses ``seed``;
     every other method its defaults. Maps smaller than the input are upsampled bilinearly.
     """
     record = get(method)

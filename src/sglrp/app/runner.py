@@ -62,7 +62,7 @@ from .store import (
     run_lock,
     write_results,
 )
-from .summary import metrics_document, write_csv
+from .summary import metrics_document, run_identity, write_csv
 
 __all__ = ["load_model", "run", "write_outputs"]
 
@@ -105,7 +105,7 @@ def run(
         bundle.model.to(info.device)
         source = open_data(cfg.data, cfg.n, cfg.seed, bundle)
         plan = batches(len(source), cfg.batch_size)
-        identity = {**cfg.identity(), "weights": bundle.weights}
+        identity = run_identity(cfg, bundle)
         outcome: tuple[str, str] | None = None
         if info.is_root:
             try:

@@ -17,6 +17,7 @@ from ..atomic import atomic_open
 from ..loading import ModelBundle
 from ..methods import available, get
 from ..metrics import CLOSED_FORM, RANDOM_EXPECTATIONS, aggregate
+from ..presets import default_preset
 from .config import CONFIDENCE_KEEP_TOP, EvalConfig, measures_for, method_label
 
 __all__ = [
@@ -265,6 +266,12 @@ def method_layers(bundle: ModelBundle, methods: Sequence[str]) -> dict[str, str]
         return {m: rule(bundle.model, x) for m, rule in rules.items()}
 
 
+def run_identity(cfg: EvalConfig, bundle: ModelBundle) -> dict[str, Any]:
+    """What makes two runs the same run: the settings, the weights' checksum and the rules
+    chosen for the model (:func:`sglrp.presets.default_preset`)."""
+    return {**cfg.identity(), "weights": bundle.weights, "rules": default_preset(bundle.model)}
+
+
 def metrics_document(
     records: Mapping[int, Mapping[str, Any]],
     cfg: EvalConfig,
@@ -284,7 +291,7 @@ def metrics_document(
         for kind in ("gt", "second")
     }
     data = {
-        "settings": {**cfg.identity(), "weights": bundle.weights},
+        "settings": run_identity(cfg, bundle),
         "model": bundle.name,
         "provenance": bundle.provenance,
         "classes": list(bundle.classes),
