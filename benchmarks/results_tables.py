@@ -31,9 +31,7 @@ def _cell(entry: dict, second: bool) -> str:
 
 def tables(folder: Path, measures: tuple[str, ...]) -> str:
     """Markdown tables of ``measures`` for every model folder under ``folder``."""
-    runs = {
-        p.parent.name: json.loads(p.read_text()) for p in sorted(folder.glob("*/metrics.json"))
-    }
+    runs = {p.parent.name: json.loads(p.read_text()) for p in sorted(folder.glob("*/metrics.json"))}
     if not runs:
         raise SystemExit(f"no <model>/metrics.json under {folder}; run sglrp reproduce first")
     models = list(runs)
