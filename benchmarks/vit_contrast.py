@@ -1,6 +1,6 @@
 """Does SGLRP's contrast hold on a transformer? Swap test on two-object images -> JSON + table.
 
-For the shipped ``shapes_vit`` and ``shapes_resnet`` on ``--n`` held-out two-object images
+For the shipped ``shapes_vit`` and the three CNNs on ``--n`` held-out two-object images
 (``sglrp.data.generate("multi", n, seed, num_objects=2)``; object a = the first drawn, b = the
 second):
 
@@ -46,11 +46,14 @@ PLAN: dict[str, list[tuple[str, str, dict]]] = {
         ("gradient_rollout", "gradient_rollout", {}),
         ("vit_gradcam", "vit_gradcam", {}),
     ],
-    "shapes_resnet": [
-        *((f"{m} (dtd)", m, {"rules": "dtd"}) for m in SIGNED),
-        ("gradient", "gradient", {}),
-        ("gradcam", "gradcam", {}),
-    ],
+    **{
+        cnn: [
+            *((f"{m} (dtd)", m, {"rules": "dtd"}) for m in SIGNED),
+            ("gradient", "gradient", {}),
+            ("gradcam", "gradcam", {}),
+        ]
+        for cnn in ("shapes_resnet", "shapes_vgg", "shapes_vgg_gap")
+    },
 }
 """Per model: (row label, method, options)."""
 
