@@ -220,11 +220,20 @@ class RuleState:
         for group, terms in by_group.items():
             ratio = self.ratios[group]
             scaled = ratio.mul_(grad) if final else grad * ratio
-            if len(terms) == 1:
-                term = terms[0]
-                weight = self.rule.branches[term.branch].weight
-                g = scaled * term.coef if term.coef != 1.0 else scaled
-                parts = [(term, self.op.input_grad(g, weight, self.input_shape))]
+            if len(terms) == 1 or self.op.groups > 1:
+                # one term, or a grouped convolution: stacking its weights would turn a
+                # depthwise convolution into a slower grouped one
+                parts = [
+                    (
+                        term,
+                        self.op.input_grad(
+                            scaled * term.coef if term.coef != 1.0 else scaled,
+                            self.rule.branches[term.branch].weight,
+                            self.input_shape,
+                        ),
+                    )
+                    for term in terms
+                ]
             else:
                 # one input gradient of the stacked weights for all terms of the group
                 stack = self.op.input_grads(
