@@ -122,7 +122,7 @@ def _warm_start(model: nn.Module, init: str | dict[str, Any]) -> dict[str, Any]:
     return {"model": spec["model"], "sha256": digest, "modules": given, "keys": list(copies)}
 
 
-def _owners(model: nn.Module, keys: list[str]) -> list[str]:
+def _owners(keys: list[str]) -> list[str]:
     """Names of the modules that own the state-dict entries ``keys``."""
     return sorted({key.rpartition(".")[0] for key in keys})
 
@@ -452,7 +452,7 @@ def train(
         for epoch in range(1, epochs + 1):
             model.train()
             if warm is not None:
-                _freeze(model, _owners(model, warm["keys"]), frozen=epoch <= head_epochs)
+                _freeze(model, _owners(warm["keys"]), frozen=epoch <= head_epochs)
             loss_sum, hits, seen = 0.0, 0, 0
             stream = _BatchStream(seed, size, n_single, n_multi, step, steps_per_epoch)
             loader = DataLoader(

@@ -242,7 +242,6 @@ class VisionTransformer(nn.Module):
         self.representation_size = representation_size
         self.norm_layer = norm_layer
 
-        self.stem = None if stem is None else tuple(stem)
         self.conv_proj: nn.Module = (
             nn.Conv2d(3, hidden_dim, kernel_size=patch_size, stride=patch_size)
             if stem is None

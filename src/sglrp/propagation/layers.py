@@ -41,6 +41,13 @@ _INTO: dict[Callable, Callable[[Tensor, Tensor], Tensor]] = {
 allocating, and page-faulting, a fresh copy per chunk)."""
 
 
+def _modified(weight: Tensor, modifier: ParamMod, buffer: Tensor | None) -> Tensor:
+    """``modifier(weight)``, written into ``buffer`` (at least as long) where it can be."""
+    if buffer is not None and modifier in _INTO:
+        return _INTO[modifier](weight, buffer[: weight.shape[0]])
+    return modifier(weight)
+
+
 @cache
 def stacked(parts: tuple[tuple[ParamMod, float], ...]) -> ParamMod:
     r"""The modifier :math:`w \mapsto [c_1 m_1(w), \dots, c_T m_T(w)]` stacked along the
@@ -253,15 +260,30 @@ class LinearOp:
         weight = self.weight if rows is None else self.weight[rows]
         if modifier is keep:
             return weight
-        cache = self.cache
-        if cache is None or self.weight.numel() > cache.max_elements:
-            if buffer is not None and modifier in _INTO:
-                return _INTO[modifier](weight, buffer[: weight.shape[0]])
-            return modifier(weight)
-        key = (tuple(id(t) for t in self.sources), modifier)
-        versions = tuple(t._version for t in self.sources)
-        full = cache.get(key, versions, lambda: modifier(self.weight))
+        if not self.kept():
+            return _modified(weight, modifier, buffer)
+        full = self.cache.get(*self._key(modifier), lambda: modifier(self.weight))
         return full if rows is None else full[rows]
+
+    def _key(self, modifier: Callable[[Tensor], Tensor]) -> tuple[tuple, tuple]:
+        """The :class:`WeightCache` key of ``modifier(weight)`` and the sources' versions."""
+        key = (tuple(id(t) for t in self.sources), modifier)
+        return key, tuple(t._version for t in self.sources)
+
+    def row_ops(
+        self, modifiers: set[Callable[[Tensor], Tensor]]
+    ) -> Iterator[tuple[slice, LinearOp]]:
+        """The dense op chunk by chunk (:meth:`_chunks`): the rows and their op, with
+        ``modifiers`` of those rows already built (into one reused buffer per modifier where
+        it can be) and kept in the chunk's own cache, so that the chunk's forward and input
+        gradient share them."""
+        chunks = self._chunks()
+        buffers = {m: self._chunk_buffer(chunks, m) for m in modifiers}
+        for rows in chunks:
+            op = self.rows(rows, WeightCache(max_elements=self.weight.numel()))
+            for modifier, buffer in buffers.items():
+                op.cache.put(*op._key(modifier), _modified(op.weight, modifier, buffer))
+            yield rows, op
 
     # -- maps -------------------------------------------------------------------------------
 

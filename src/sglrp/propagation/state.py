@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..rules import LinearRule, X, keep
-from .layers import _INTO, LinearOp, WeightCache
+from .layers import LinearOp
 
 
 def signed_epsilon(d: Tensor, eps: float) -> Tensor:
@@ -80,6 +80,12 @@ class RuleState:
     name: str = ""
     last_pass: list[bool] = field(default_factory=lambda: [True])
     deferred: tuple[Tensor, Tensor, bool] | None = None
+
+    @property
+    def final_pass(self) -> bool:
+        """True in the last backward pass that is not vectorised over several output
+        relevance vectors: then the layer may consume what it kept, in place."""
+        return self.last_pass[0] and len(self.last_pass) == 1
 
     def active_terms(self) -> list:
         return [t for t in self.rule.terms if self._branch_active(t.branch)]
@@ -212,7 +218,7 @@ class RuleState:
                 "backward pass"
             )
         relevance_form = self.rule.relevance_form
-        final = self.last_pass[0] and len(self.last_pass) == 1  # batched: keep ratios
+        final = self.final_pass
         by_group: dict[int, list] = {}
         for term in self.active_terms():
             by_group.setdefault(term.group, []).append(term)
@@ -260,28 +266,19 @@ class RuleState:
         the chunk's modified weights are built once (into reused buffers) and serve its
         denominators and its input gradient."""
         x, z, relu = self.deferred
-        weight = self.op.weight
         modifiers = {
             b.weight
             for i, b in enumerate(self.rule.branches)
             if b.weight is not keep and self._branch_active(i)
         }
-        buffers: dict = {}
         total = None
-        chunks = self.op._chunks()
-        for modifier in modifiers & _INTO.keys():
-            buffers[modifier] = weight.new_empty(chunks[0].stop, *weight.shape[1:])
-        for rows in chunks:
-            cache = WeightCache(max_elements=weight.numel())
-            for modifier, buffer in buffers.items():
-                out = buffer[: rows.stop - rows.start]
-                cache.put(((), modifier), (), _INTO[modifier](weight[rows], out))
-            chunk = replace(self, op=self.op.rows(rows, cache), ratios=[], deferred=None)
+        for rows, op in self.op.row_ops(modifiers):
+            chunk = replace(self, op=op, ratios=[], deferred=None)
             chunk.compute_ratios(x, z[..., rows].clone(), relu=relu)
             s_in, relevance = chunk.backward(grad[..., rows])
             part = s_in if s_in is not None else relevance
             total = part if total is None else total.add_(part)
-        if self.last_pass[0] and len(self.last_pass) == 1:
+        if self.final_pass:
             self.deferred = None
         if self.rule.relevance_form:
             return None, total
