@@ -14,7 +14,9 @@ process.
 
 A failure (exception, process death, timeout, no memory rise) is printed as such in its row;
 ratios are printed only where both sides are valid. Ratios are to the plain gradient of the
-same model, batch and K in the same run: one forward pass and K input gradients.
+same model, batch and K in the same run: one forward pass and K input gradients; to the z+
+floor (``floor-zplus``: the gradient plus one forward of every layer with w+, the least any
+z+ implementation computes); and to the same method with K = 1.
 
 Usage::
 
@@ -47,6 +49,7 @@ from sglrp.models import ZOO
 HERE = Path(__file__).resolve().parent
 DEFAULT_METHODS = (
     "gradient",
+    "floor-zplus",
     "sglrp-dtd",
     "lrp-epsilon-plus-flat",
     "sglrp-epsilon-plus",
@@ -59,7 +62,7 @@ QUICK = {
     "targets": [2],
     "size": 32,
     "repeats": 2,
-    "methods": ["gradient", "sglrp-dtd", "zennit-epsilon-plus-flat", "captum-lrp"],
+    "methods": ["gradient", "floor-zplus", "sglrp-dtd", "zennit-epsilon-plus-flat", "captum-lrp"],
     "explainer_reuse": 2,
     "threads": 1,
 }
@@ -185,14 +188,25 @@ def memory_ok(row: dict) -> bool:
 
 
 def add_ratios(rows: list[dict]) -> None:
-    """Set ``time_ratio`` / ``memory_ratio`` (None unless both sides are valid)."""
+    """Set ``time_ratio`` / ``memory_ratio`` (to the gradient), ``floor_ratio`` (time to the
+    z+ floor) and ``k_ratio`` (time to the same method with K = 1), each None unless both
+    sides are valid."""
     refs = {(r["model"], r["batch"], r["k"]): r for r in rows if r["method"] == "gradient"}
+    floors = {(r["model"], r["batch"], r["k"]): r for r in rows if r["method"] == "floor-zplus"}
+    single = {(r["method"], r["model"], r["batch"]): r for r in rows if r["k"] == 1}
     for row in rows:
-        ref = refs.get((row["model"], row["batch"], row["k"]))
+        key = (row["model"], row["batch"], row["k"])
+        ref = refs.get(key)
         both = ref is not None and time_ok(row) and time_ok(ref)
         row["time_ratio"] = row["median_s"] / ref["median_s"] if both else None
         both = ref is not None and memory_ok(row) and memory_ok(ref)
         row["memory_ratio"] = row["peak_mb"] / ref["peak_mb"] if both else None
+        floor = floors.get(key)
+        both = floor is not None and time_ok(row) and time_ok(floor)
+        row["floor_ratio"] = row["median_s"] / floor["median_s"] if both else None
+        one = single.get((row["method"], row["model"], row["batch"]))
+        both = row["k"] > 1 and one is not None and time_ok(row) and time_ok(one)
+        row["k_ratio"] = row["median_s"] / one["median_s"] if both else None
 
 
 def _cell(text: str) -> str:
@@ -207,8 +221,9 @@ def table(rows: Sequence[dict]) -> str:
     """Markdown table of the rows (failed and unavailable rows say why)."""
     lines = [
         "| method | model | batch | K | time s: median (min) | time / gradient | peak MB (tensors) "
-        "| memory / gradient | floor MB (own) | load 1-min before→after | threads |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| memory / gradient | time / z+ floor | time / own K=1 | floor MB (own) "
+        "| load 1-min before→after | threads |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         head = f"| {r['method']} | {r['model']} | {r['batch']} | {r['k']} |"
@@ -217,7 +232,7 @@ def table(rows: Sequence[dict]) -> str:
             reason = _cell(r.get("reason", ""))
             if len(reason) > 120:
                 reason = reason[:117] + "..."
-            lines.append(f"{head} {r['status']}: {reason} | | | | | {load} | |")
+            lines.append(f"{head} {r['status']}: {reason} | | | | | | | {load} | |")
             continue
         if memory_ok(r):
             peak = f"{r['peak_mb']:.1f}"
@@ -229,7 +244,8 @@ def table(rows: Sequence[dict]) -> str:
             peak = f"invalid: no rise above floor ({r['peak_mb']:.1f})"
         lines.append(
             f"{head} {r['median_s']:.4f} ({r['min_s']:.4f}) | {_ratio(r['time_ratio'])} | "
-            f"{peak} | {_ratio(r['memory_ratio'])} | {r['floor_mb']:.0f} ({r['own_mb']:+.0f}) | "
+            f"{peak} | {_ratio(r['memory_ratio'])} | {_ratio(r.get('floor_ratio'))} | "
+            f"{_ratio(r.get('k_ratio'))} | {r['floor_mb']:.0f} ({r['own_mb']:+.0f}) | "
             f"{load} | {r['threads']} |"
         )
     return "\n".join(lines)
@@ -256,7 +272,9 @@ def _report(args: argparse.Namespace, rows: list[dict], start_load, start: float
         "after one warm-up; peak = high-water mark of one call above the resident size just "
         "before it (floor; own = what the method added to the bare process), in brackets the "
         "peak of live tensor bytes in torch's allocator during another call; ratios to the "
-        "gradient of the same model, batch and K (one forward, K input gradients). "
+        "gradient of the same model, batch and K (one forward, K input gradients), to the z+ "
+        "floor (the gradient plus one forward of every layer with w+) and to the same "
+        "method's K = 1. "
         f"Load average (1/5/15 min) at the start {_loads(start_load)}, at the end "
         f"{_loads(os.getloadavg())} on {os.cpu_count()} CPUs; run took "
         f"{time.perf_counter() - start:.0f} s."

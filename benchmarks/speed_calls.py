@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision_standin import install_torchvision_standin
 
@@ -55,6 +56,55 @@ def _gradient(model: nn.Module, x: Tensor, targets: Tensor, options: dict) -> Ca
             for j in range(k)
         ]
         return torch.stack(grads, dim=1)
+
+    return call
+
+
+#: Rows of a dense weight whose w+ is built at once by the floor (the engine's chunk size).
+FLOOR_CHUNK_ELEMENTS = 1 << 20
+
+
+def _zplus_forward(module: nn.Module, layer_input: Tensor, buffer: list[Tensor]) -> Tensor:
+    """``module`` applied to ``layer_input`` with :math:`w^+` and no bias, built the cheapest
+    way known here: a convolution's w+ at once, a dense layer's in row chunks written into one
+    reused buffer (a 103 M weight is never copied whole)."""
+    w = module.weight.detach()
+    if isinstance(module, nn.Conv2d):
+        return module._conv_forward(layer_input, w.clamp(min=0), None)
+    rows = max(1, FLOOR_CHUNK_ELEMENTS // w.shape[1])
+    if len(w) <= rows:
+        return F.linear(layer_input, w.clamp(min=0))
+    if not buffer:
+        buffer.append(w.new_empty(rows, w.shape[1]))
+    out = layer_input.new_empty(*layer_input.shape[:-1], w.shape[0])
+    for i in range(0, len(w), rows):
+        part = torch.clamp(w[i : i + rows], min=0, out=buffer[0][: len(w[i : i + rows])])
+        out[..., i : i + rows] = F.linear(layer_input, part)
+    return out
+
+
+def _floor_zplus(model: nn.Module, x: Tensor, targets: Tensor, options: dict) -> Call:
+    """The z+ rule's floor: the gradient's forward and K input gradients, plus the one thing
+    any z+ implementation must add, one forward of every Conv2d/Linear with :math:`w^+`
+    (built per call) on the layer's input, its output kept until the backward pass as a
+    rule's denominator must be. No division, no modified backward: a lower bound."""
+    layers = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    gradient = _gradient(model, x, targets, options)
+
+    def call() -> Tensor:
+        kept: list[Tensor] = []
+        buffer: list[Tensor] = []
+
+        def denominator(module: nn.Module, args: tuple, output: Tensor) -> None:
+            with torch.no_grad():
+                kept.append(_zplus_forward(module, args[0].detach(), buffer))
+
+        handles = [m.register_forward_hook(denominator) for m in layers]
+        try:
+            return gradient()
+        finally:
+            for handle in handles:
+                handle.remove()
 
     return call
 
@@ -140,6 +190,10 @@ def _captum_lrp(model: nn.Module, x: Tensor, targets: Tensor, options: dict) -> 
 #: Method name -> (what it measures, builder).
 METHODS: dict[str, tuple[str, Builder]] = {
     "gradient": ("forward + one input gradient per target (the reference)", _gradient),
+    "floor-zplus": (
+        "the z+ floor: the gradient plus one forward of every layer with w+ (kept)",
+        _floor_zplus,
+    ),
     "sglrp-dtd": (
         "sglrp.explain(method='sglrp', rules='dtd', bounds=(-2.1179, 2.64))",
         _sglrp("sglrp", "dtd", BOUNDS),

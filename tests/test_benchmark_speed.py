@@ -10,6 +10,8 @@ from pathlib import Path
 
 import evaluate_throughput
 import speed
+import speed_calls
+import torch
 
 import sglrp
 
@@ -119,3 +121,35 @@ def test_no_ratio_against_an_invalid_or_failed_gradient():
     speed.add_ratios(rows)
     assert rows[1]["time_ratio"] is None and rows[1]["memory_ratio"] is None
     assert "| failed: boom |" in speed.table(rows)
+
+
+def test_floor_and_own_k_ratios():
+    rows = [
+        _row("gradient", median=1.0),
+        _row("floor-zplus", median=1.5),
+        _row("sglrp-dtd", median=1.8),
+        {**_row("gradient", median=2.0), "k": 2},
+        {**_row("floor-zplus", median=2.5), "k": 2},
+        {**_row("sglrp-dtd", median=2.7), "k": 2},
+    ]
+    speed.add_ratios(rows)
+    assert abs(rows[2]["floor_ratio"] - 1.2) < 1e-12 and rows[2]["k_ratio"] is None
+    assert abs(rows[5]["floor_ratio"] - 1.08) < 1e-12 and abs(rows[5]["k_ratio"] - 1.5) < 1e-12
+    assert "| 1.20x |  |" in table_line(speed.table(rows[:3]), "sglrp-dtd")
+
+    rows = [_row("floor-zplus", status="failed"), _row("sglrp-dtd")]
+    speed.add_ratios(rows)
+    assert rows[1]["floor_ratio"] is None
+
+
+def test_the_floor_builds_dense_w_plus_in_chunks_exactly(monkeypatch):
+    monkeypatch.setattr(speed_calls, "FLOOR_CHUNK_ELEMENTS", 3 * 7)
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(7, 10)  # 3 rows per chunk: 4 chunks, the last of 1 row
+    x = torch.randn(2, 7)
+    expected = torch.nn.functional.linear(x, layer.weight.clamp(min=0))
+    torch.testing.assert_close(speed_calls._zplus_forward(layer, x, []), expected)
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    image = torch.randn(1, 3, 5, 5)
+    expected = torch.nn.functional.conv2d(image, conv.weight.clamp(min=0), None, padding=1)
+    torch.testing.assert_close(speed_calls._zplus_forward(conv, image, []), expected)
