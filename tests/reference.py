@@ -49,7 +49,9 @@ class DetachedReference(TorchFunctionMode):
 
     def __init__(self, attention_constant: bool = True) -> None:
         super().__init__()
-        self.gates: set[int] = set()
+        # id -> the gate tensor itself: holding it keeps its id from being reused by a later
+        # tensor (a bare set of ids matched a later block's input to a freed gate's id)
+        self.gates: dict[int, Tensor] = {}
         self.attention_constant = attention_constant
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -60,7 +62,7 @@ class DetachedReference(TorchFunctionMode):
             ratio = torch.where(x == 0, torch.zeros_like(y), y / x).detach()
             out = x * ratio
             if func in GATES:
-                self.gates.add(id(out))
+                self.gates[id(out)] = out
             return out
         if func in PRODUCTS and len(args) == 2:
             a, b = args
@@ -70,7 +72,8 @@ class DetachedReference(TorchFunctionMode):
                 and a.requires_grad
                 and b.requires_grad
             ):
-                if id(b) in self.gates or (id(a) not in self.gates and b.numel() < a.numel()):
+                gate_a, gate_b = (self.gates.get(id(t)) is t for t in (a, b))
+                if gate_b or (not gate_a and b.numel() < a.numel()):
                     return a * b.detach()
                 return a.detach() * b
         if func is F.glu:
