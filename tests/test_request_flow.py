@@ -85,6 +85,33 @@ def test_explainer_equals_explain_and_keeps_modified_weights() -> None:
         sglrp.Explainer(model, "sglrp", layer="0")
 
 
+def test_explainer_never_serves_the_weights_of_a_replaced_parameter() -> None:
+    """A parameter replaced by a new one (not changed in place) that takes the freed one's id
+    and version must not get the old one's modified copy: entries are checked by identity."""
+    model = net()
+    x = torch.rand(2, 3, 8, 8)
+    explainer = sglrp.Explainer(model, "sglrp", rules="epsilon-plus")
+    explainer(x, 1)
+    layer = model[4]
+    old_id, old_version = id(layer.weight), layer.weight._version
+    shape = layer.weight.shape
+    layer.weight = nn.Parameter(torch.randn(shape))  # the old one is freed here
+    kept = []
+    for _ in range(10_000):  # CPython reuses the freed object for a new one of its size
+        candidate = nn.Parameter(torch.randn(shape))
+        if id(candidate) == old_id:
+            break
+        kept.append(candidate)
+    else:
+        pytest.skip("no new parameter took the freed one's id")
+    with torch.no_grad():
+        while candidate._version < old_version:  # the same version too
+            candidate.add_(0.0)
+    assert candidate._version == old_version
+    layer.weight = candidate
+    torch.testing.assert_close(explainer(x, 1), sglrp.explain(model, x, 1, rules="epsilon-plus"))
+
+
 def test_a_registered_method_is_available_everywhere() -> None:
     @methods.register("saliency", label="Saliency", summary="max |gradient| over channels")
     def saliency(model: nn.Module, x: Tensor, target: Target) -> Tensor:

@@ -9,6 +9,7 @@ that a rule sees one affine layer.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -65,26 +66,48 @@ def stacked(parts: tuple[tuple[ParamMod, float], ...]) -> ParamMod:
 class WeightCache:
     """Modified weights (:math:`w^+`, :math:`w^-`, ...) computed once and shared.
 
-    Keys hold the identity and version of every tensor a weight is derived from (the layer's
-    weight, the batch norm merged into it), so a parameter changed in place (an optimiser
-    step) is never served stale: its entry is rebuilt.
+    An entry is keyed by a modifier and the tensors its weight is derived from (the layer's
+    weight, the batch norm merged into it). It is served only to those very tensors (held by
+    weak reference: a parameter replaced by a new one that takes the freed one's ``id`` gets
+    its own entry) at the versions it was built from (a parameter changed in place, by an
+    optimiser step, is rebuilt); an entry whose tensor is freed is dropped with it.
     """
 
     def __init__(self, max_elements: int = CACHE_ELEMENTS) -> None:
         self.max_elements = max_elements
-        self._entries: dict[tuple, tuple[tuple, Tensor]] = {}
+        self._entries: dict[tuple, tuple[tuple, tuple, Tensor]] = {}
 
-    def get(self, key: tuple, versions: tuple, compute: Callable[[], Tensor]) -> Tensor:
+    def get(
+        self, modifier: Callable, sources: tuple[Tensor, ...], compute: Callable[[], Tensor]
+    ) -> Tensor:
+        """The entry of ``modifier`` applied to what ``sources`` give, computed if missing or
+        stale."""
+        key = (modifier, *map(id, sources))
         entry = self._entries.get(key)
-        if entry is not None and entry[0] == versions:
-            return entry[1]
+        if entry is not None and self._current(entry, sources):
+            return entry[2]
         value = compute()
-        self._entries[key] = (versions, value)
+        self.put(modifier, sources, value)
         return value
 
-    def put(self, key: tuple, versions: tuple, value: Tensor) -> None:
-        """Store ``value`` (computed elsewhere, e.g. into a reused buffer) under ``key``."""
-        self._entries[key] = (versions, value)
+    def put(self, modifier: Callable, sources: tuple[Tensor, ...], value: Tensor) -> None:
+        """Store ``value`` (computed elsewhere, e.g. into a reused buffer)."""
+        key = (modifier, *map(id, sources))
+
+        def drop(_ref: weakref.ref, entries: dict = self._entries, key: tuple = key) -> None:
+            entry = entries.get(key)
+            if entry is not None and any(r() is None for r in entry[0]):
+                del entries[key]
+
+        refs = tuple(weakref.ref(t, drop) for t in sources)
+        self._entries[key] = (refs, tuple(t._version for t in sources), value)
+
+    @staticmethod
+    def _current(entry: tuple, sources: tuple[Tensor, ...]) -> bool:
+        refs, versions, _ = entry
+        return all(r() is t for r, t in zip(refs, sources, strict=True)) and versions == tuple(
+            t._version for t in sources
+        )
 
     def clear(self) -> None:
         self._entries.clear()
@@ -262,13 +285,8 @@ class LinearOp:
             return weight
         if not self.kept():
             return _modified(weight, modifier, buffer)
-        full = self.cache.get(*self._key(modifier), lambda: modifier(self.weight))
+        full = self.cache.get(modifier, self.sources, lambda: modifier(self.weight))
         return full if rows is None else full[rows]
-
-    def _key(self, modifier: Callable[[Tensor], Tensor]) -> tuple[tuple, tuple]:
-        """The :class:`WeightCache` key of ``modifier(weight)`` and the sources' versions."""
-        key = (tuple(id(t) for t in self.sources), modifier)
-        return key, tuple(t._version for t in self.sources)
 
     def row_ops(
         self, modifiers: set[Callable[[Tensor], Tensor]]
@@ -282,7 +300,7 @@ class LinearOp:
         for rows in chunks:
             op = self.rows(rows, WeightCache(max_elements=self.weight.numel()))
             for modifier, buffer in buffers.items():
-                op.cache.put(*op._key(modifier), _modified(op.weight, modifier, buffer))
+                op.cache.put(modifier, op.sources, _modified(op.weight, modifier, buffer))
             yield rows, op
 
     # -- maps -------------------------------------------------------------------------------
