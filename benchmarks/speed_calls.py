@@ -64,7 +64,7 @@ def _gradient(model: nn.Module, x: Tensor, targets: Tensor, options: dict) -> Ca
 FLOOR_CHUNK_ELEMENTS = 1 << 20
 
 
-def _zplus_forward(module: nn.Module, layer_input: Tensor, buffer: list[Tensor]) -> Tensor:
+def _zplus_forward(module: nn.Module, layer_input: Tensor) -> Tensor:
     """``module`` applied to ``layer_input`` with :math:`w^+` and no bias, built the cheapest
     way known here: a convolution's w+ at once, a dense layer's in row chunks written into one
     reused buffer (a 103 M weight is never copied whole)."""
@@ -74,37 +74,41 @@ def _zplus_forward(module: nn.Module, layer_input: Tensor, buffer: list[Tensor])
     rows = max(1, FLOOR_CHUNK_ELEMENTS // w.shape[1])
     if len(w) <= rows:
         return F.linear(layer_input, w.clamp(min=0))
-    if not buffer:
-        buffer.append(w.new_empty(rows, w.shape[1]))
+    buffer = w.new_empty(rows, w.shape[1])
     out = layer_input.new_empty(*layer_input.shape[:-1], w.shape[0])
     for i in range(0, len(w), rows):
-        part = torch.clamp(w[i : i + rows], min=0, out=buffer[0][: len(w[i : i + rows])])
+        part = torch.clamp(w[i : i + rows], min=0, out=buffer[: len(w[i : i + rows])])
         out[..., i : i + rows] = F.linear(layer_input, part)
     return out
 
 
 def _floor_zplus(model: nn.Module, x: Tensor, targets: Tensor, options: dict) -> Call:
-    """The z+ rule's floor: the gradient's forward and K input gradients, plus the one thing
-    any z+ implementation must add, one forward of every Conv2d/Linear with :math:`w^+`
-    (built per call) on the layer's input, its output kept until the backward pass as a
-    rule's denominator must be. No division, no modified backward: a lower bound."""
+    """The z+ rule's floor: the gradient (forward and K input gradients) plus the one thing
+    any z+ implementation must add, a forward of every Conv2d/Linear with :math:`w^+` (built
+    per call) on the layer's input (captured once when the call is built). Nothing else: no
+    division, no kept denominators, no modified backward; a lower bound of the time (the
+    memory column of this row means nothing)."""
     layers = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    seen: list[tuple[nn.Module, Tensor]] = []
+
+    def capture(module: nn.Module, args: tuple, output: Tensor) -> None:
+        seen.append((module, args[0].detach().clone()))
+
+    handles = [m.register_forward_hook(capture) for m in layers]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
     gradient = _gradient(model, x, targets, options)
 
     def call() -> Tensor:
-        kept: list[Tensor] = []
-        buffer: list[Tensor] = []
-
-        def denominator(module: nn.Module, args: tuple, output: Tensor) -> None:
-            with torch.no_grad():
-                kept.append(_zplus_forward(module, args[0].detach(), buffer))
-
-        handles = [m.register_forward_hook(denominator) for m in layers]
-        try:
-            return gradient()
-        finally:
-            for handle in handles:
-                handle.remove()
+        out = gradient()
+        with torch.no_grad():
+            for module, layer_input in seen:
+                _zplus_forward(module, layer_input)
+        return out
 
     return call
 
@@ -191,7 +195,7 @@ def _captum_lrp(model: nn.Module, x: Tensor, targets: Tensor, options: dict) -> 
 METHODS: dict[str, tuple[str, Builder]] = {
     "gradient": ("forward + one input gradient per target (the reference)", _gradient),
     "floor-zplus": (
-        "the z+ floor: the gradient plus one forward of every layer with w+ (kept)",
+        "the z+ floor: the gradient plus one forward of every layer with w+",
         _floor_zplus,
     ),
     "sglrp-dtd": (
