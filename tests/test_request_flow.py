@@ -140,8 +140,10 @@ def test_k_targets_in_one_vectorised_backward_equal_k_passes(
     model = net().double()
     x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
     targets = torch.tensor([[0, 1, 4], [2, 3, 0]])
+    engine = "sglrp.propagation.engine.Propagator.vectorise_targets_up_to"
+    monkeypatch.setattr(engine, 2)
     batched = sglrp.explain(model, x, targets, method="sglrp", rules=rules)
-    monkeypatch.setattr("sglrp.propagation.engine.Propagator.batch_targets", False)
+    monkeypatch.setattr(engine, 0)
     sequential = sglrp.explain(model, x, targets, method="sglrp", rules=rules)
     torch.testing.assert_close(batched, sequential, rtol=1e-12, atol=1e-15)
     for k in range(3):

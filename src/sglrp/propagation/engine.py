@@ -88,7 +88,11 @@ class Propagator:
     """
 
     #: K output relevance vectors in one vectorised backward pass (when no layer is recorded)
-    batch_targets: bool = True
+    #: for batches of at most this many images, else K passes. Measured on VGG16 (RESULTS.md,
+    #: "K targets"): vectorised, one image's dense layers read their weights once for all K
+    #: (K = 5: 1.39 s vs 1.56 s); at 8 images the convolutions dominate and the vectorised
+    #: passes cost copies that K passes do not (K = 5: 12.7 s vs 10.6 s) and K times the memory.
+    vectorise_targets_up_to: int = 1
 
     def __init__(
         self,
@@ -330,7 +334,8 @@ class Propagator:
             vector if start_with_relevance else torch.where(z == 0, torch.zeros_like(z), vector / z)
             for vector in vectors
         ]
-        if len(grad_outs) > 1 and not chosen and self.batch_targets:
+        vectorise = x_in.shape[0] <= self.vectorise_targets_up_to
+        if len(grad_outs) > 1 and not chosen and vectorise:
             return self._backward_batched(x_in, it, logits, grad_outs, inputs, last_pass)
         records: list[PassRecord] = []
         for k, grad_out in enumerate(grad_outs):

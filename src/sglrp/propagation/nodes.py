@@ -96,8 +96,8 @@ class MaxPoolIndices(torch.autograd.Function):
         shape = ctx.input_shape
         lead = tuple(shape[:-2])
         flat = grad.reshape(*lead, -1)
-        out = torch.zeros(*lead, shape[-2] * shape[-1], dtype=grad.dtype, device=grad.device)
-        out = out.scatter_add(-1, indices.reshape(*lead, -1), flat)
+        out = flat.new_zeros(*lead, shape[-2] * shape[-1])
+        out.scatter_add_(-1, indices.reshape(*lead, -1), flat)
         return out.reshape(shape), None, None, None, None, None
 
 

@@ -122,17 +122,27 @@ class RuleState:
             if g not in used:
                 result.append(None)
                 continue
-            d = None
+            # parts of constant inputs (bounds, ones) have one image: summed first, they are
+            # added to the batch in one pass
+            d = constant = None
             for index, sign in group.parts:
                 if not self._branch_active(index):
                     continue
                 part, owned = output(index)
-                if d is None:
-                    d = part if owned and sign > 0 and uses[index] == 1 else part * sign
-                    if d.shape[0] != value.shape[0]:
-                        d = d.expand_as(value).clone()
-                else:
+                if part.shape[0] != value.shape[0]:
+                    constant = part * sign if constant is None else constant.add_(part, alpha=sign)
+                elif d is not None:
                     d = d.add_(part, alpha=sign)
+                elif owned and sign > 0 and uses[index] == 1:
+                    d = part
+                elif constant is not None:
+                    d, constant = torch.add(constant, part, alpha=sign), None
+                else:
+                    d = part * sign
+            if d is None:
+                d = constant.expand_as(value).clone()
+            elif constant is not None:
+                d = d.add_(constant)
             result.append(stabilize(d, rule.stabilizer, group.sign))
         return result
 
