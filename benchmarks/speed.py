@@ -22,6 +22,7 @@ Usage::
 
     python benchmarks/speed.py [--models vgg16] [--batches 1,8] [--targets 1] [--repeats 5]
     python benchmarks/speed.py --quick            # tiny settings, < 60 s
+    python benchmarks/speed.py --interleave --targets 1,2   # methods and K in rotating rounds
     python benchmarks/speed.py evaluate [--model shapes_vgg --n 16]   # runner throughput
 """
 
@@ -32,6 +33,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -332,6 +334,115 @@ def explain_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def interleaved_rows(spec: dict, result: dict) -> list[dict]:
+    """Rows of one interleaved measurement, with ratios taken round by round (the median of
+    the per-round ratios, and their range) to the gradient and the z+ floor of the same K and
+    to the same method's K = 1."""
+    base = {k: spec[k] for k in ("model", "batch", "threads")}
+    if result["status"] != "ok":
+        return [{**base, "method": "*", "k": "*", **result}]
+    calls = result["calls"]
+
+    def ratio(key: str, ref: str) -> dict | None:
+        a, b = calls.get(key, {}), calls.get(ref, {})
+        if key == ref or a.get("status") != "ok" or b.get("status") != "ok":
+            return None
+        per_round = [x / y for x, y in zip(a["times_s"], b["times_s"], strict=False) if y > 0]
+        if not per_round:
+            return None
+        return {
+            "median": statistics.median(per_round),
+            "low": min(per_round),
+            "high": max(per_round),
+        }
+
+    rows = []
+    for key, value in calls.items():
+        method, k = key.rsplit("|", 1)
+        row = {**base, "method": method, "k": int(k), **value}
+        if value["status"] == "ok" and value["times_s"]:
+            row["median_s"] = statistics.median(value["times_s"])
+            row["min_s"] = min(value["times_s"])
+            row["time_ratio"] = ratio(key, f"gradient|{k}")
+            row["floor_ratio"] = ratio(key, f"floor-zplus|{k}")
+            row["k_ratio"] = ratio(key, f"{method}|1") if int(k) > 1 else None
+        rows.append(row)
+    return rows
+
+
+def _spread(r: dict | None) -> str:
+    return "" if r is None else f"{r['median']:.2f}x ({r['low']:.2f}-{r['high']:.2f})"
+
+
+def interleaved_table(rows: Sequence[dict]) -> str:
+    lines = [
+        "| method | model | batch | K | time s: median (min) | time / gradient | time / z+ floor "
+        "| time / own K=1 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        head = f"| {r['method']} | {r['model']} | {r['batch']} | {r['k']} |"
+        if r["status"] != "ok" or "median_s" not in r:
+            reason = _cell(r.get("reason", "no timed call"))[:120]
+            lines.append(f"{head} {r['status']}: {reason} | | | |")
+            continue
+        lines.append(
+            f"{head} {r['median_s']:.4f} ({r['min_s']:.4f}) | {_spread(r['time_ratio'])} | "
+            f"{_spread(r['floor_ratio'])} | {_spread(r['k_ratio'])} |"
+        )
+    return "\n".join(lines)
+
+
+def interleaved_main(args: argparse.Namespace) -> int:
+    """One process per model and batch; every method and K timed in rotating rounds."""
+    methods = ["gradient", *(m for m in args.methods + args.extra_methods if m != "gradient")]
+    rows: list[dict] = []
+    start_load, start = os.getloadavg(), time.perf_counter()
+    for model in args.models:
+        for batch in args.batches:
+            spec = {
+                "methods": methods,
+                "targets": args.targets,
+                "model": model,
+                "batch": batch,
+                "size": args.size,
+                "repeats": args.repeats,
+                "threads": args.threads,
+                "explainer_reuse": args.explainer_reuse,
+            }
+            result = run_isolated(
+                speed_worker.child_interleaved,
+                HERE / "speed_worker.py",
+                spec,
+                args.isolation,
+                args.timeout,
+            )
+            rows += interleaved_rows(spec, result)
+            print(f"[{model} batch {batch}] done", file=sys.stderr, flush=True)
+    header = (
+        f"Interleaved: one process per model and batch, {args.threads} torch thread(s), one "
+        f"warm-up per call, then {args.repeats} rounds, each calling every method and K once "
+        "in an order rotated by one per round; ratios are the median (range) of the per-round "
+        "ratios, so a drift of the machine's speed cancels. Load average (1/5/15 min) at the "
+        f"start {_loads(start_load)}, at the end {_loads(os.getloadavg())}; run took "
+        f"{time.perf_counter() - start:.0f} s. Memory is not measured in this mode."
+    )
+    text = f"{header}\n\n{interleaved_table(rows)}"
+    print(text)
+    if args.json:
+        settings = {k: v for k, v in vars(args).items() if k not in ("json", "mode")}
+        payload = {
+            "kind": "speed-interleaved",
+            "complete": True,
+            "machine": machine(),
+            "settings": settings,
+            "rows": rows,
+            "table": text,
+        }
+        _write_json(args.json, payload)
+    return 0
+
+
 # ----------------------------------------------------------------------------- evaluate mode
 
 
@@ -429,6 +540,12 @@ def explain_parser() -> argparse.ArgumentParser:
     p.add_argument("--isolation", choices=("fork", "exec"), default="fork")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per measurement")
     p.add_argument("--quick", action="store_true", help="tiny settings, 1 thread (< 60 s)")
+    p.add_argument(
+        "--interleave",
+        action="store_true",
+        help="time all methods and K of a model and batch in one process, in rotating rounds "
+        "(ratios per round: robust to a drifting machine; no memory)",
+    )
     p.add_argument("--json", type=Path, default=None, help="write all rows here")
     return p
 
@@ -486,7 +603,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p
     )
     mp.set_forkserver_preload(["speed_worker", "evaluate_throughput"])
-    return evaluate_main(args) if args.mode == "evaluate" else explain_main(args)
+    if args.mode == "evaluate":
+        return evaluate_main(args)
+    return interleaved_main(args) if args.interleave else explain_main(args)
 
 
 if __name__ == "__main__":

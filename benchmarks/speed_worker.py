@@ -116,9 +116,70 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         return _run(spec)
     except Exception as err:  # noqa: BLE001 - every failure becomes a row of the table
-        last = traceback.extract_tb(err.__traceback__)[-1]
-        where = f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno}"
-        return {"status": "failed", "reason": f"{type(err).__name__}: {err} ({where})"}
+        return {"status": "failed", "reason": _call_error(err)}
+
+
+def _call_error(err: Exception) -> str:
+    last = traceback.extract_tb(err.__traceback__)[-1]
+    return f"{type(err).__name__}: {err} ({last.filename.rsplit('/', 1)[-1]}:{last.lineno})"
+
+
+def _interleaved(spec: dict[str, Any]) -> dict[str, Any]:
+    """Every (method, K) of ``spec["methods"]`` x ``spec["targets"]`` on one model and batch,
+    timed in rounds: each round calls every one once, in an order rotated by one per round, so
+    that a drift of the machine's speed reaches all of them alike and the ratios of one round
+    cancel it. Returns per (method, K) its times or why it failed."""
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)
+    model = ZOO[spec["model"]]()
+    size = input_size(spec["model"], spec.get("size"))
+    x = torch.randn(spec["batch"], 3, size, size).clamp(*speed_calls.BOUNDS)
+    calibrate_batch_norm(model, x)
+    with torch.no_grad():
+        num_classes = model(x[:1]).shape[1]
+    calls, results = {}, {}
+    for k in spec["targets"]:
+        targets = _targets(spec["batch"], k, num_classes)
+        for method in spec["methods"]:
+            key = f"{method}|{k}"
+            try:
+                call = speed_calls.build_call(method, model, x, targets, spec)
+                call()  # warm-up
+            except speed_calls.NotAvailable as err:
+                results[key] = {"status": "not available", "reason": str(err)}
+                continue
+            except Exception as err:  # noqa: BLE001 - a failed call is a row, not a crash
+                results[key] = {"status": "failed", "reason": _call_error(err)}
+                continue
+            calls[key] = call
+            results[key] = {"status": "ok", "times_s": []}
+    order = list(calls)
+    for r in range(spec["repeats"]):
+        for key in order[r % len(order) :] + order[: r % len(order)] if order else []:
+            if results[key]["status"] != "ok":
+                continue
+            start = time.perf_counter()
+            try:
+                calls[key]()
+            except Exception as err:  # noqa: BLE001
+                results[key] = {"status": "failed", "reason": _call_error(err)}
+                continue
+            results[key]["times_s"].append(time.perf_counter() - start)
+    return {"status": "ok", "size": size, "calls": results, "threads": torch.get_num_threads()}
+
+
+def measure_interleaved(spec: dict[str, Any]) -> dict[str, Any]:
+    """:func:`_interleaved`, never raising."""
+    try:
+        return _interleaved(spec)
+    except Exception as err:  # noqa: BLE001
+        return {"status": "failed", "reason": _call_error(err)}
+
+
+def child_interleaved(spec: dict[str, Any], conn: Connection) -> None:
+    """Entry point of a forked interleaved measurement."""
+    conn.send(measure_interleaved(spec))
+    conn.close()
 
 
 def child(spec: dict[str, Any], conn: Connection) -> None:
@@ -128,4 +189,5 @@ def child(spec: dict[str, Any], conn: Connection) -> None:
 
 
 if __name__ == "__main__":
-    print(json.dumps(measure(json.loads(sys.argv[1]))))
+    given = json.loads(sys.argv[1])
+    print(json.dumps(measure_interleaved(given) if "methods" in given else measure(given)))

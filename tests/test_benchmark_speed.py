@@ -153,3 +153,25 @@ def test_the_floor_builds_dense_w_plus_in_chunks_exactly(monkeypatch):
     image = torch.randn(1, 3, 5, 5)
     expected = torch.nn.functional.conv2d(image, conv.weight.clamp(min=0), None, padding=1)
     torch.testing.assert_close(speed_calls._zplus_forward(conv, image), expected)
+
+
+def test_interleaved_ratios_are_taken_round_by_round():
+    """A machine twice as slow in round 2 moves both times, not their ratio."""
+    spec = {"model": "m", "batch": 8, "threads": 2}
+    calls = {
+        "gradient|1": {"status": "ok", "times_s": [1.0, 2.0, 1.0]},
+        "sglrp-dtd|1": {"status": "ok", "times_s": [1.5, 3.0, 1.5]},
+        "gradient|2": {"status": "ok", "times_s": [2.0, 4.0, 2.0]},
+        "sglrp-dtd|2": {"status": "ok", "times_s": [2.1, 4.2, 2.4]},
+        "zennit-epsilon-plus-flat|1": {"status": "failed", "reason": "boom"},
+    }
+    rows = speed.interleaved_rows(spec, {"status": "ok", "calls": calls})
+    by = {(r["method"], r["k"]): r for r in rows}
+    assert by[("sglrp-dtd", 1)]["time_ratio"] == {"median": 1.5, "low": 1.5, "high": 1.5}
+    assert abs(by[("sglrp-dtd", 2)]["k_ratio"]["median"] - 1.4) < 1e-12
+    assert by[("gradient", 1)]["time_ratio"] is None
+    text = speed.interleaved_table(rows)
+    assert "| 1.50x (1.50-1.50) |" in text
+    assert "failed: boom" in table_line(text, "zennit-epsilon-plus-flat")
+    failed = speed.interleaved_rows(spec, {"status": "failed", "reason": "killed"})
+    assert failed[0]["status"] == "failed" and "killed" in speed.interleaved_table(failed)
