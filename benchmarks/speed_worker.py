@@ -68,9 +68,9 @@ def _memory_mode(requested: str) -> tuple[str, str]:
     return ("vmhwm", "VmHWM reset checked") if works else ("sampled", why)
 
 
-def _run(spec: dict[str, Any]) -> dict[str, Any]:
-    torch.set_num_threads(spec["threads"])
-    mode, mode_note = _memory_mode(spec["memory"])
+def _setup(spec: dict[str, Any]) -> tuple[torch.nn.Module, torch.Tensor, int, int]:
+    """The model (random init, seed 0, batch-norm statistics of the input), the input, its
+    side and the number of classes."""
     torch.manual_seed(0)
     model = ZOO[spec["model"]]()
     size = input_size(spec["model"], spec.get("size"))
@@ -78,6 +78,13 @@ def _run(spec: dict[str, Any]) -> dict[str, Any]:
     calibrate_batch_norm(model, x)
     with torch.no_grad():
         num_classes = model(x[:1]).shape[1]
+    return model, x, size, num_classes
+
+
+def _run(spec: dict[str, Any]) -> dict[str, Any]:
+    torch.set_num_threads(spec["threads"])
+    mode, mode_note = _memory_mode(spec["memory"])
+    model, x, size, num_classes = _setup(spec)
     targets = _targets(spec["batch"], spec["k"], num_classes)
     peak_memory.trim()
     base = peak_memory.rss_bytes() / peak_memory.MB
@@ -130,13 +137,7 @@ def _interleaved(spec: dict[str, Any]) -> dict[str, Any]:
     that a drift of the machine's speed reaches all of them alike and the ratios of one round
     cancel it. Returns per (method, K) its times or why it failed."""
     torch.set_num_threads(spec["threads"])
-    torch.manual_seed(0)
-    model = ZOO[spec["model"]]()
-    size = input_size(spec["model"], spec.get("size"))
-    x = torch.randn(spec["batch"], 3, size, size).clamp(*speed_calls.BOUNDS)
-    calibrate_batch_norm(model, x)
-    with torch.no_grad():
-        num_classes = model(x[:1]).shape[1]
+    model, x, size, num_classes = _setup(spec)
     calls, results = {}, {}
     for k in spec["targets"]:
         targets = _targets(spec["batch"], k, num_classes)
