@@ -3,6 +3,9 @@ weights into one reused buffer, and the stacked input gradient of several terms.
 
 from __future__ import annotations
 
+import builtins
+import gc
+
 import pytest
 import torch
 
@@ -115,3 +118,22 @@ def test_deferred_dense_layers_give_the_same_relevance(monkeypatch, method, rule
     chunked = sglrp.explain(model, x, target, method=method, rules=rules)
     assert calls, "no layer was deferred"
     assert torch.allclose(chunked, whole, rtol=1e-10, atol=1e-12)
+
+
+def test_weight_cache_serves_an_entry_only_to_its_own_tensor(monkeypatch):
+    """Two tensors with one id (as when a freed parameter's id is taken by a new one) and one
+    version: the second gets its own modified weight, not the first's; an entry whose tensor
+    is freed is dropped."""
+    first, second = torch.ones(3), torch.full((3,), -1.0)
+    same = {builtins.id(first): 1, builtins.id(second): 1}
+    monkeypatch.setattr(
+        layers, "id", lambda t: same.get(builtins.id(t), builtins.id(t)), raising=False
+    )
+    cache = WeightCache()
+    torch.testing.assert_close(cache.get(positive, (first,), lambda: first.clamp(min=0)), first)
+    served = cache.get(positive, (second,), lambda t=second: t.clamp(min=0))
+    torch.testing.assert_close(served, torch.zeros(3))
+    assert len(cache) == 1
+    del second, served
+    gc.collect()
+    assert len(cache) == 0
