@@ -3,6 +3,7 @@ command, one line per failure, ``--layer`` suggestions among the conv layers."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import subprocess
 import sys
 
@@ -59,6 +60,11 @@ def test_version_flag(capsys):
         cli.main(["--version"])
     assert exc.value.code == 0
     assert capsys.readouterr().out.strip() == f"sglrp {sglrp.__version__}"
+
+
+def test_the_installed_version_is_the_packages():
+    """pyproject.toml reads its version from sglrp.__version__: pip and --version agree."""
+    assert importlib.metadata.version("sglrp") == sglrp.__version__
 
 
 def test_python_dash_m_runs_the_cli():
