@@ -396,6 +396,8 @@ def interleaved_table(rows: Sequence[dict]) -> str:
 def interleaved_main(args: argparse.Namespace) -> int:
     """One process per model and batch; every method and K timed in rotating rounds."""
     methods = ["gradient", *(m for m in args.methods + args.extra_methods if m != "gradient")]
+    if args.explainer_reuse and "sglrp-explainer-reuse" not in methods:
+        methods.append("sglrp-explainer-reuse")
     rows: list[dict] = []
     start_load, start = os.getloadavg(), time.perf_counter()
     for model in args.models:
