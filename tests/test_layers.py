@@ -118,6 +118,15 @@ def test_deferred_dense_layers_give_the_same_relevance(monkeypatch, method, rule
     chunked = sglrp.explain(model, x, target, method=method, rules=rules)
     assert calls, "no layer was deferred"
     assert torch.allclose(chunked, whole, rtol=1e-10, atol=1e-12)
+    # an Explainer keeps every modified weight: the chunks are slices of them, twice over
+    explainer = sglrp.Explainer(model, method, rules=rules)
+    for _ in range(2):
+        calls.clear()
+        kept = explainer(x, target)
+        assert calls, "no layer was deferred"
+        assert torch.allclose(kept, whole, rtol=1e-10, atol=1e-12)
+    if rules != "epsilon-plus":  # (its dense layers have the epsilon rule: nothing to keep)
+        assert any(value.shape == (40, 48) for *_, value in explainer.cache._entries.values())
 
 
 def test_weight_cache_serves_an_entry_only_to_its_own_tensor(monkeypatch):

@@ -292,15 +292,16 @@ class LinearOp:
         self, modifiers: set[Callable[[Tensor], Tensor]]
     ) -> Iterator[tuple[slice, LinearOp]]:
         """The dense op chunk by chunk (:meth:`_chunks`): the rows and their op, with
-        ``modifiers`` of those rows already built (into one reused buffer per modifier where
-        it can be) and kept in the chunk's own cache, so that the chunk's forward and input
-        gradient share them."""
+        ``modifiers`` of those rows in the chunk's own cache, so that the chunk's forward and
+        input gradient share them: slices of the kept modified weights (:meth:`kept`), else
+        built per chunk (into one reused buffer per modifier where it can be)."""
         chunks = self._chunks()
-        buffers = {m: self._chunk_buffer(chunks, m) for m in modifiers}
+        kept = self.kept()
+        buffers = {m: None if kept else self._chunk_buffer(chunks, m) for m in modifiers}
         for rows in chunks:
             op = self.rows(rows, WeightCache(max_elements=self.weight.numel()))
             for modifier, buffer in buffers.items():
-                op.cache.put(modifier, op.sources, _modified(op.weight, modifier, buffer))
+                op.cache.put(modifier, op.sources, self.param(modifier, rows, buffer))
             yield rows, op
 
     # -- maps -------------------------------------------------------------------------------

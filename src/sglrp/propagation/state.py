@@ -160,12 +160,14 @@ class RuleState:
         taken from :math:`z`, then ``value`` is clamped in place and the ratios become
         :math:`\\max(z, 0) / d_g`, i.e. :math:`z / d_g` masked by :math:`z > 0`.
 
-        A dense layer too large to keep its modified weights (VGG16's first classifier layer)
-        defers them to the backward pass, which then builds each chunk of modified weights
-        once for both its denominators and its input gradient (:meth:`backward`).
+        A dense layer processed in chunks (VGG16's first classifier layers) defers its
+        denominators to the backward pass, which then takes each chunk of modified weights
+        (built there, or kept by an Explainer) once, while it is in cache, for both its
+        denominators and its input gradient (:meth:`backward`): the weights are read from
+        memory once per call instead of twice.
         """
         self.ratios = []
-        if self.op.chunked() and not self.op.kept():
+        if self.op.chunked():
             self.deferred = (x, value.clone(), relu)
             if relu:
                 value.clamp_(min=0)
