@@ -11,24 +11,14 @@ one convolution reads the input once. Times, per VGG16 convolution shape, ``conv
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torch.nn.functional as F
+from timing import best_time
 
 #: (in channels, out channels, side) of VGG16's 13 convolutions at 224x224.
 VGG16 = [(3, 64, 224), (64, 64, 224), (64, 128, 112), (128, 128, 112), (128, 256, 56)]
 VGG16 += [(256, 256, 56)] * 2 + [(256, 512, 28)] + [(512, 512, 28)] * 2 + [(512, 512, 14)] * 3
-
-
-def best_time(call, repeats: int = 3) -> float:
-    call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:

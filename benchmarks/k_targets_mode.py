@@ -11,26 +11,16 @@ sequential passes, min of 4 calls after a warm-up, in one process::
 from __future__ import annotations
 
 import argparse
-import time
 import warnings
 
 import torch
+from timing import best_time
 
 import sglrp
 from sglrp.models import ZOO
 from sglrp.propagation.engine import Propagator
 
 BOUNDS = (-2.1179, 2.64)
-
-
-def best_time(call, repeats: int = 4) -> float:
-    call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
@@ -54,7 +44,8 @@ def main() -> None:
                     best_time(
                         lambda t=targets, x=x: sglrp.explain(
                             model, x, t, method="sglrp", rules="dtd", bounds=BOUNDS
-                        )
+                        ),
+                        repeats=4,
                     )
                 )
         print(f"batch {n}: " + ", ".join(f"{key} {value:.3f} s" for key, value in row.items()))
