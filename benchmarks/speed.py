@@ -152,11 +152,18 @@ def _death(code: int | None) -> str:
 # ----------------------------------------------------------------------------- explain mode
 
 
-def measurements(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The specs to run, grouped by model, batch and K, the gradient first in each group."""
+def measured_methods(args: argparse.Namespace) -> list[str]:
+    """The methods a run measures: the gradient first, then the requested ones, then the
+    Explainer-reuse row if asked for."""
     methods = ["gradient", *(m for m in args.methods + args.extra_methods if m != "gradient")]
     if args.explainer_reuse and "sglrp-explainer-reuse" not in methods:
         methods.append("sglrp-explainer-reuse")
+    return methods
+
+
+def measurements(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The specs to run, grouped by model, batch and K, the gradient first in each group."""
+    methods = measured_methods(args)
     return [
         {
             "method": method,
@@ -395,9 +402,7 @@ def interleaved_table(rows: Sequence[dict]) -> str:
 
 def interleaved_main(args: argparse.Namespace) -> int:
     """One process per model and batch; every method and K timed in rotating rounds."""
-    methods = ["gradient", *(m for m in args.methods + args.extra_methods if m != "gradient")]
-    if args.explainer_reuse and "sglrp-explainer-reuse" not in methods:
-        methods.append("sglrp-explainer-reuse")
+    methods = measured_methods(args)
     rows: list[dict] = []
     start_load, start = os.getloadavg(), time.perf_counter()
     for model in args.models:

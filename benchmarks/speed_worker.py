@@ -68,6 +68,12 @@ def _memory_mode(requested: str) -> tuple[str, str]:
     return ("vmhwm", "VmHWM reset checked") if works else ("sampled", why)
 
 
+def calls_per_run(method: str, spec: dict[str, Any]) -> int:
+    """Explanations in one timed call: ``explainer_reuse`` for the Explainer-reuse row (its
+    time is reported per explanation), else 1."""
+    return spec["explainer_reuse"] if method == "sglrp-explainer-reuse" else 1
+
+
 def _setup(spec: dict[str, Any]) -> tuple[torch.nn.Module, torch.Tensor, int, int]:
     """The model (random init, seed 0, batch-norm statistics of the input), the input, its
     side and the number of classes."""
@@ -98,7 +104,7 @@ def _run(spec: dict[str, Any]) -> dict[str, Any]:
         start = time.perf_counter()
         call()
         times.append(time.perf_counter() - start)
-    per_run = spec["explainer_reuse"] if spec["method"] == "sglrp-explainer-reuse" else 1
+    per_run = calls_per_run(spec["method"], spec)
     times = [t / per_run for t in times]
     memory = peak_memory.measure_peak(call, mode)
     tensors = peak_memory.tensor_peak(call)
@@ -155,8 +161,9 @@ def _interleaved(spec: dict[str, Any]) -> dict[str, Any]:
             calls[key] = call
             results[key] = {"status": "ok", "times_s": []}
     order = list(calls)
-    for r in range(spec["repeats"]):
-        for key in order[r % len(order) :] + order[: r % len(order)] if order else []:
+    for r in range(spec["repeats"] if order else 0):
+        shift = r % len(order)
+        for key in order[shift:] + order[:shift]:
             if results[key]["status"] != "ok":
                 continue
             start = time.perf_counter()
@@ -165,7 +172,7 @@ def _interleaved(spec: dict[str, Any]) -> dict[str, Any]:
             except Exception as err:  # noqa: BLE001
                 results[key] = {"status": "failed", "reason": _call_error(err)}
                 continue
-            per_run = spec["explainer_reuse"] if key.startswith("sglrp-explainer-reuse|") else 1
+            per_run = calls_per_run(key.rsplit("|", 1)[0], spec)
             results[key]["times_s"].append((time.perf_counter() - start) / per_run)
     return {"status": "ok", "size": size, "calls": results, "threads": torch.get_num_threads()}
 

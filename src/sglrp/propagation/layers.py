@@ -82,8 +82,7 @@ class WeightCache:
     ) -> Tensor:
         """The entry of ``modifier`` applied to what ``sources`` give, computed if missing or
         stale."""
-        key = (modifier, *map(id, sources))
-        entry = self._entries.get(key)
+        entry = self._entries.get(self._key(modifier, sources))
         if entry is not None and self._current(entry, sources):
             return entry[2]
         value = compute()
@@ -92,7 +91,7 @@ class WeightCache:
 
     def put(self, modifier: Callable, sources: tuple[Tensor, ...], value: Tensor) -> None:
         """Store ``value`` (computed elsewhere, e.g. into a reused buffer)."""
-        key = (modifier, *map(id, sources))
+        key = self._key(modifier, sources)
 
         def drop(_ref: weakref.ref, entries: dict = self._entries, key: tuple = key) -> None:
             entry = entries.get(key)
@@ -101,6 +100,10 @@ class WeightCache:
 
         refs = tuple(weakref.ref(t, drop) for t in sources)
         self._entries[key] = (refs, tuple(t._version for t in sources), value)
+
+    @staticmethod
+    def _key(modifier: Callable, sources: tuple[Tensor, ...]) -> tuple:
+        return (modifier, *map(id, sources))
 
     @staticmethod
     def _current(entry: tuple, sources: tuple[Tensor, ...]) -> bool:

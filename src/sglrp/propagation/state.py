@@ -275,8 +275,8 @@ class RuleState:
 
     def _backward_in_chunks(self, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
         """:meth:`backward` of a deferred dense layer, one chunk of output units at a time:
-        the chunk's modified weights are built once (into reused buffers) and serve its
-        denominators and its input gradient."""
+        the chunk's modified weights (built into reused buffers, or a slice of the kept ones,
+        :meth:`LinearOp.row_ops`) serve its denominators and its input gradient."""
         x, z, relu = self.deferred
         modifiers = {
             b.weight
